@@ -1,0 +1,1 @@
+"""state-manager: conversation state for WhatsApp <-> Genesys Cloud."""

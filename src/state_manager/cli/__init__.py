@@ -1,0 +1,24 @@
+"""The `state-manager` command: serve, migrate, and the directory of organizations, tenants and keys."""
+
+from __future__ import annotations
+
+import typer
+
+from state_manager.cli import keys, migrate, serve, tenants
+
+app = typer.Typer(
+    name="state-manager",
+    help="Conversation state for WhatsApp <-> Genesys Cloud. Settings come from the environment "
+    "(and a .env file): DATABASE_URL, REDIS_URL, PORT, AUTH_MODE, … — see the README.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="markdown",
+    pretty_exceptions_show_locals=False,  # locals may hold keys and passwords
+)
+app.command("serve")(serve.serve)
+app.command("migrate")(migrate.migrate)
+app.add_typer(tenants.organizations)
+app.add_typer(tenants.tenants)
+app.add_typer(keys.keys)
+
+__all__ = ["app"]

@@ -1,0 +1,61 @@
+"""SQL for context entries. Every statement is scoped by tenant."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import RowMapping, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from state_manager.context.models import context_entries
+from state_manager.db.database import dialect_insert
+
+ce = context_entries.c
+
+
+async def entries(
+    conn: AsyncConnection, tenant_id: str, scope: str, scope_id: uuid.UUID
+) -> Sequence[RowMapping]:
+    query = (
+        select(context_entries)
+        .where(ce.tenant_id == tenant_id, ce.scope == scope, ce.scope_id == scope_id)
+        .order_by(ce.key)
+    )
+    return (await conn.execute(query)).mappings().all()
+
+
+async def upsert_latest(
+    conn: AsyncConnection,
+    tenant_id: str,
+    scope: str,
+    scope_id: uuid.UUID,
+    values: dict[str, Any],
+    at: dt.datetime,
+) -> None:
+    """Writes each key unless the stored value is newer (last writer by event time wins)."""
+    insert = dialect_insert(conn.dialect.name)(context_entries)
+    statement = insert.on_conflict_do_update(
+        index_elements=["tenant_id", "scope", "scope_id", "key"],
+        set_={
+            "value": insert.excluded.value,
+            "deleted": insert.excluded.deleted,
+            "updated_at": insert.excluded.updated_at,
+        },
+        where=ce.updated_at <= insert.excluded.updated_at,
+    )
+    rows = [
+        {
+            "tenant_id": tenant_id,
+            "scope": scope,
+            "scope_id": scope_id,
+            "key": key,
+            "value": value,
+            "deleted": value is None,
+            "updated_at": at,
+        }
+        for key, value in values.items()
+    ]
+    await conn.execute(statement, rows)

@@ -1,0 +1,202 @@
+"""Conversations: open, read, list, update, state transitions, participants."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
+
+from state_manager.conversations import service
+from state_manager.conversations.lifecycle import ConversationState
+from state_manager.conversations.schemas import (
+    BUSINESS_NUMBER_ID,
+    ConversationOpen,
+    ConversationOpened,
+    ConversationRead,
+    ConversationUpdate,
+    ParticipantAdd,
+    ParticipantLeave,
+    ParticipantRead,
+    StateChangeRead,
+    TransitionRequest,
+)
+from state_manager.customers import service as customers
+from state_manager.customers.identity import IdentityChannel
+from state_manager.customers.schemas import IdentityIn
+from state_manager.deps import TenantDep
+from state_manager.errors import BadRequest
+from state_manager.etag import etag, expected_version
+from state_manager.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor, encode_cursor
+from state_manager.strict_json import StrictJsonRoute
+
+router = APIRouter(prefix="/v1/conversations", tags=["conversations"], route_class=StrictJsonRoute)
+IfMatch = Annotated[str | None, Header(alias="If-Match", description="ETag from a previous read")]
+
+
+def _with_etag(response: Response, conversation: ConversationRead) -> ConversationRead:
+    response.headers["ETag"] = etag(conversation.version)
+    return conversation
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    summary="Get or create the open conversation of a customer on a business number",
+    responses={200: {"description": "it was already open", "model": ConversationOpened}},
+)
+async def open_conversation(
+    body: ConversationOpen, scope: TenantDep, response: Response
+) -> ConversationOpened:
+    async with scope.write() as conn:
+        conversation, created = await service.open_conversation(conn, scope.tenant_id, body)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    response.headers["ETag"] = etag(conversation.version)
+    return ConversationOpened(created=created, conversation=conversation)
+
+
+@router.get("")
+async def list_conversations(
+    scope: TenantDep,
+    state: Annotated[list[ConversationState] | None, Query()] = None,
+    customer_id: uuid.UUID | None = None,
+    agent_id: Annotated[str | None, Query(max_length=128)] = None,
+    business_number_id: Annotated[str | None, Query(pattern=BUSINESS_NUMBER_ID)] = None,
+    started_after: dt.datetime | None = None,
+    started_before: dt.datetime | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+) -> Page[ConversationRead]:
+    for name, value in (("started_after", started_after), ("started_before", started_before)):
+        if value is not None and value.tzinfo is None:
+            raise BadRequest(f"{name} needs a time zone (e.g. 2026-01-01T00:00:00Z)")
+    async with scope.read() as conn:
+        items = await service.list_page(
+            conn,
+            scope.tenant_id,
+            states=[s.value for s in state] if state else None,
+            customer_id=customer_id,
+            agent_id=agent_id,
+            business_number_id=business_number_id,
+            started_after=started_after,
+            started_before=started_before,
+            before=decode_cursor(cursor) if cursor else None,
+            limit=limit,
+        )
+    next_cursor = encode_cursor(items[-1].started_at, items[-1].id) if len(items) == limit else None
+    return Page(items=items, next_cursor=next_cursor)
+
+
+@router.get("/open", summary="The open conversation of a customer, by identity")
+async def get_open_conversation(
+    scope: TenantDep,
+    response: Response,
+    wa_id: Annotated[str | None, Query(description="WhatsApp ID; shorthand for channel=whatsapp")] = None,
+    channel: IdentityChannel | None = None,
+    external_id: Annotated[str | None, Query(max_length=256)] = None,
+    business_number_id: Annotated[
+        str | None, Query(pattern=BUSINESS_NUMBER_ID, description="Without it: the most recently active")
+    ] = None,
+) -> ConversationRead:
+    if wa_id is not None:
+        identity = IdentityIn(channel=IdentityChannel.WHATSAPP, external_id=wa_id)
+    elif channel is not None and external_id:
+        identity = IdentityIn(channel=channel, external_id=external_id)
+    else:
+        raise BadRequest("give wa_id, or channel and external_id")
+    key = customers.normalized(identity, "wa_id" if wa_id is not None else "external_id")
+    async with scope.read() as conn:
+        return _with_etag(
+            response, await service.open_by_identity(conn, scope.tenant_id, *key, business_number_id)
+        )
+
+
+@router.get("/by-genesys-id/{genesys_conversation_id}")
+async def get_conversation_by_genesys_id(
+    genesys_conversation_id: str, scope: TenantDep, response: Response
+) -> ConversationRead:
+    async with scope.read() as conn:
+        return _with_etag(
+            response, await service.by_genesys_id(conn, scope.tenant_id, genesys_conversation_id)
+        )
+
+
+@router.get("/{conversation_id}")
+async def get_conversation(
+    conversation_id: uuid.UUID, scope: TenantDep, response: Response
+) -> ConversationRead:
+    async with scope.read() as conn:
+        return _with_etag(response, await service.read(conn, scope.tenant_id, conversation_id))
+
+
+@router.patch("/{conversation_id}", responses={412: {"description": "If-Match names an older version"}})
+async def update_conversation(
+    conversation_id: uuid.UUID,
+    body: ConversationUpdate,
+    scope: TenantDep,
+    response: Response,
+    if_match: IfMatch = None,
+) -> ConversationRead:
+    expected = expected_version(if_match)
+    async with scope.write() as conn:
+        return _with_etag(
+            response, await service.update(conn, scope.tenant_id, conversation_id, body, expected)
+        )
+
+
+@router.post(
+    "/{conversation_id}/transitions",
+    summary="Move the conversation to another state",
+    responses={409: {"description": "not allowed from the current state (given in the body)"}},
+)
+async def transition_conversation(
+    conversation_id: uuid.UUID,
+    body: TransitionRequest,
+    scope: TenantDep,
+    response: Response,
+    if_match: IfMatch = None,
+) -> ConversationRead:
+    expected = expected_version(if_match)
+    async with scope.write() as conn:
+        return _with_etag(
+            response, await service.transition(conn, scope.tenant_id, conversation_id, body, expected)
+        )
+
+
+@router.get("/{conversation_id}/history", summary="Every state change, oldest first")
+async def conversation_history(conversation_id: uuid.UUID, scope: TenantDep) -> list[StateChangeRead]:
+    async with scope.read() as conn:
+        return await service.history(conn, scope.tenant_id, conversation_id)
+
+
+@router.get("/{conversation_id}/participants")
+async def list_participants(conversation_id: uuid.UUID, scope: TenantDep) -> list[ParticipantRead]:
+    async with scope.read() as conn:
+        return await service.participants(conn, scope.tenant_id, conversation_id)
+
+
+@router.post(
+    "/{conversation_id}/participants",
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"description": "already present", "model": ParticipantRead}},
+)
+async def add_participant(
+    conversation_id: uuid.UUID, body: ParticipantAdd, scope: TenantDep, response: Response
+) -> ParticipantRead:
+    async with scope.write() as conn:
+        participant, created = await service.add_participant(conn, scope.tenant_id, conversation_id, body)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return participant
+
+
+@router.post("/{conversation_id}/participants/{participant_id}/leave")
+async def remove_participant(
+    conversation_id: uuid.UUID, participant_id: uuid.UUID, body: ParticipantLeave, scope: TenantDep
+) -> ParticipantRead:
+    async with scope.write() as conn:
+        return await service.remove_participant(
+            conn, scope.tenant_id, conversation_id, participant_id, body.left_at
+        )

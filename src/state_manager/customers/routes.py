@@ -1,0 +1,78 @@
+"""Customer profiles and identities."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
+
+from state_manager.customers import service
+from state_manager.customers.identity import IdentityChannel
+from state_manager.customers.schemas import CustomerCreate, CustomerRead, CustomerUpdate, IdentityIn
+from state_manager.deps import TenantDep
+from state_manager.etag import etag, expected_version
+from state_manager.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor, encode_cursor
+from state_manager.strict_json import StrictJsonRoute
+
+router = APIRouter(prefix="/v1/customers", tags=["customers"], route_class=StrictJsonRoute)
+IfMatch = Annotated[str | None, Header(alias="If-Match", description="ETag from a previous read")]
+
+
+def _with_etag(response: Response, customer: CustomerRead) -> CustomerRead:
+    response.headers["ETag"] = etag(customer.version)
+    return customer
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_customer(body: CustomerCreate, scope: TenantDep, response: Response) -> CustomerRead:
+    async with scope.write() as conn:
+        return _with_etag(response, await service.create(conn, scope.tenant_id, body))
+
+
+@router.get("")
+async def list_customers(
+    scope: TenantDep,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+) -> Page[CustomerRead]:
+    after = decode_cursor(cursor) if cursor else None
+    async with scope.read() as conn:
+        items = await service.list_page(conn, scope.tenant_id, after=after, limit=limit)
+    next_cursor = encode_cursor(items[-1].created_at, items[-1].id) if len(items) == limit else None
+    return Page(items=items, next_cursor=next_cursor)
+
+
+@router.get("/by-identity/{channel}/{external_id}")
+async def get_customer_by_identity(
+    channel: IdentityChannel, external_id: str, scope: TenantDep, response: Response
+) -> CustomerRead:
+    async with scope.read() as conn:
+        return _with_etag(response, await service.by_identity(conn, scope.tenant_id, channel, external_id))
+
+
+@router.get("/{customer_id}")
+async def get_customer(customer_id: uuid.UUID, scope: TenantDep, response: Response) -> CustomerRead:
+    async with scope.read() as conn:
+        return _with_etag(response, await service.read(conn, scope.tenant_id, customer_id))
+
+
+@router.patch("/{customer_id}", responses={412: {"description": "If-Match names an older version"}})
+async def update_customer(
+    customer_id: uuid.UUID,
+    body: CustomerUpdate,
+    scope: TenantDep,
+    response: Response,
+    if_match: IfMatch = None,
+) -> CustomerRead:
+    expected = expected_version(if_match)
+    async with scope.write() as conn:
+        return _with_etag(response, await service.update(conn, scope.tenant_id, customer_id, body, expected))
+
+
+@router.post("/{customer_id}/identities", status_code=status.HTTP_201_CREATED)
+async def add_identity(
+    customer_id: uuid.UUID, body: IdentityIn, scope: TenantDep, response: Response
+) -> CustomerRead:
+    async with scope.write() as conn:
+        return _with_etag(response, await service.add_identity(conn, scope.tenant_id, customer_id, body))

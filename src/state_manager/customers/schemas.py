@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from state_manager.customers.identity import IdentityChannel
+
+LANGUAGE_PATTERN = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8}){0,3}$"
+JsonObject = dict[str, Any]
+
+
+class IdentityIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    channel: IdentityChannel
+    external_id: str = Field(min_length=1, max_length=256)
+
+
+class IdentityRead(BaseModel):
+    channel: IdentityChannel
+    external_id: str
+    created_at: dt.datetime
+
+
+class CustomerCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    display_name: str | None = Field(default=None, max_length=256)
+    language: str | None = Field(default=None, pattern=LANGUAGE_PATTERN)
+    preferences: JsonObject = Field(default_factory=dict)
+    consent: JsonObject = Field(default_factory=dict)
+    attributes: JsonObject = Field(default_factory=dict, description="Custom attributes")
+    identities: list[IdentityIn] = Field(default_factory=list, max_length=20)
+
+
+class CustomerUpdate(BaseModel):
+    """Objects are merged per key (RFC 7396: a null value removes the key)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    display_name: str | None = Field(default=None, max_length=256)
+    language: str | None = Field(default=None, pattern=LANGUAGE_PATTERN)
+    preferences: JsonObject | None = None
+    consent: JsonObject | None = None
+    attributes: JsonObject | None = None
+
+
+class CustomerRead(BaseModel):
+    id: uuid.UUID
+    display_name: str | None
+    language: str | None
+    preferences: JsonObject
+    consent: JsonObject
+    attributes: JsonObject
+    identities: list[IdentityRead]
+    version: int
+    created_at: dt.datetime
+    updated_at: dt.datetime

@@ -1,0 +1,110 @@
+"""The Database interface. Services receive a connection inside a transaction; they never commit.
+
+`open_database(settings)` is the one place that looks at the URL scheme.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import Table, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from state_manager.errors import StateManagerError, Unavailable
+from state_manager.settings import Settings
+
+RETRY_AFTER_SECONDS = "2"
+
+
+class Database(abc.ABC):
+    """What services need from a database, whatever the dialect."""
+
+    name: str
+    engine: AsyncEngine
+
+    @abc.abstractmethod
+    def _begin(
+        self, tenant_id: str | None, write: bool
+    ) -> Any:  # an async context manager yielding an AsyncConnection
+        ...
+
+    @abc.abstractmethod
+    def insert(self, table: Table) -> Any:
+        """The dialect's own INSERT, so that `on_conflict_do_nothing/update` work on both."""
+
+    @asynccontextmanager
+    async def transaction(
+        self, tenant_id: str | None, *, write: bool = True
+    ) -> AsyncIterator[AsyncConnection]:
+        """One transaction scoped to a tenant: commits when the block ends, rolls back on error.
+
+        Losing the database (refused connection, server restart, SQLite busy) becomes a 503 with
+        Retry-After; nothing is reported as done unless the commit returned.
+        """
+        try:
+            async with self._begin(tenant_id, write) as conn:
+                yield conn
+        except StateManagerError:
+            raise
+        except IntegrityError:
+            raise
+        except (OperationalError, InterfaceError, OSError, ConnectionError) as exc:
+            raise Unavailable(
+                "the database is unavailable; retry later", headers={"Retry-After": RETRY_AFTER_SECONDS}
+            ) from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise Unavailable(
+                    "the database connection was lost; retry later",
+                    headers={"Retry-After": RETRY_AFTER_SECONDS},
+                ) from exc
+            raise
+
+    async def ping(self) -> float:
+        """Round-trip time of `SELECT 1` in seconds."""
+        started = time.perf_counter()
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return time.perf_counter() - started
+
+    async def schema_revision(self) -> str | None:
+        async with self.engine.connect() as conn:
+            try:
+                row = (await conn.execute(text("SELECT version_num FROM alembic_version"))).first()
+            except DBAPIError:
+                return None
+        return None if row is None else str(row[0])
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _postgres(settings: Settings) -> Database:
+    from state_manager.db.postgres import PostgresDatabase
+
+    return PostgresDatabase(settings)
+
+
+def _sqlite(settings: Settings) -> Database:
+    from state_manager.db.sqlite import SqliteDatabase
+
+    return SqliteDatabase(settings)
+
+
+_BY_SCHEME = {"postgresql+asyncpg": _postgres, "sqlite+aiosqlite": _sqlite}
+
+
+def open_database(settings: Settings) -> Database:
+    scheme = settings.effective_database_url.split("://", 1)[0]
+    return _BY_SCHEME[scheme](settings)
+
+
+def dialect_insert(dialect_name: str) -> Any:
+    return pg_insert if dialect_name == "postgresql" else sqlite_insert

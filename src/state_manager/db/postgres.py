@@ -1,0 +1,53 @@
+"""PostgreSQL: asyncpg pool, the tenant set per transaction for row-level security, a non-bypassing role."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import Table, event, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+
+from state_manager.db.database import Database
+from state_manager.settings import Settings
+
+# Created by the first migration; the service switches to it on every connection.
+APP_ROLE = "state_manager_app"
+SET_TENANT = text("SELECT set_config('app.tenant_id', :tenant_id, true)")
+
+
+class PostgresDatabase(Database):
+    name = "postgresql"
+
+    def __init__(self, settings: Settings, *, as_app_role: bool = True) -> None:
+        self.engine = create_async_engine(
+            settings.effective_database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_recycle=1800,
+            pool_timeout=10,
+            connect_args={
+                "server_settings": {"application_name": "state-manager", "jit": "off"},
+                "command_timeout": 30,
+            },
+        )
+        if as_app_role:
+            # Row-level security is bypassed by superusers and table owners; the service therefore works
+            # as a role that owns nothing, so the policies hold even when it logs in as the owner.
+            @event.listens_for(self.engine.sync_engine, "connect")
+            def _set_role(dbapi_connection: Any, _record: Any) -> None:
+                cursor = dbapi_connection.cursor()
+                cursor.execute(f"SET ROLE {APP_ROLE}")
+                cursor.close()
+
+    def insert(self, table: Table) -> Any:
+        return pg_insert(table)
+
+    @asynccontextmanager
+    async def _begin(self, tenant_id: str | None, write: bool) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.begin() as conn:
+            if tenant_id is not None:
+                await conn.execute(SET_TENANT, {"tenant_id": tenant_id})
+            yield conn

@@ -1,0 +1,61 @@
+"""SQLite, the embedded default: WAL, foreign keys, and BEGIN IMMEDIATE for writes.
+
+SQLite has no row-level security; the application's tenant scoping is the wall here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Table, event
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+
+from state_manager.db.database import Database
+from state_manager.settings import Settings
+
+BEGIN_MODE = "state_manager_begin"
+
+
+class SqliteDatabase(Database):
+    name = "sqlite"
+
+    def __init__(self, settings: Settings) -> None:
+        url = settings.effective_database_url
+        path = url.split(":///", 1)[1] if ":///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = create_async_engine(url, pool_size=5, max_overflow=5, connect_args={"timeout": 30})
+
+        @event.listens_for(self.engine.sync_engine, "connect")
+        def _configure(dbapi_connection: Any, _record: Any) -> None:
+            # Take BEGIN out of the driver's hands so that writers can ask for BEGIN IMMEDIATE:
+            # a deferred writer that upgrades its lock late is what makes SQLite report "locked".
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            for pragma in (
+                "PRAGMA journal_mode=WAL",
+                "PRAGMA synchronous=NORMAL",
+                "PRAGMA foreign_keys=ON",
+                "PRAGMA busy_timeout=30000",
+            ):
+                cursor.execute(pragma)
+            cursor.close()
+
+        @event.listens_for(self.engine.sync_engine, "begin")
+        def _begin(conn: Connection) -> None:
+            conn.exec_driver_sql(conn.get_execution_options().get(BEGIN_MODE, "BEGIN"))
+
+    def insert(self, table: Table) -> Any:
+        return sqlite_insert(table)
+
+    @asynccontextmanager
+    async def _begin(self, tenant_id: str | None, write: bool) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            await conn.execution_options(**{BEGIN_MODE: "BEGIN IMMEDIATE" if write else "BEGIN"})
+            async with conn.begin():
+                yield conn

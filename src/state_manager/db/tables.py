@@ -1,0 +1,34 @@
+"""Every table, imported once so that the metadata is complete (migrations, checks, tests)."""
+
+from state_manager.context.models import context_entries
+from state_manager.conversations.models import conversations, participants, state_changes
+from state_manager.customers.models import customer_identities, customers
+from state_manager.messages.models import messages, pending_receipts
+from state_manager.tenants.models import api_keys, organizations, tenants
+
+# Tables that hold one tenant's data: row-level security applies to each of them on PostgreSQL.
+TENANT_TABLES = (
+    customers,
+    customer_identities,
+    conversations,
+    participants,
+    state_changes,
+    messages,
+    pending_receipts,
+    context_entries,
+)
+
+__all__ = [
+    "TENANT_TABLES",
+    "api_keys",
+    "context_entries",
+    "conversations",
+    "customer_identities",
+    "customers",
+    "messages",
+    "organizations",
+    "participants",
+    "pending_receipts",
+    "state_changes",
+    "tenants",
+]

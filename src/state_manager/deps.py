@@ -1,0 +1,102 @@
+"""FastAPI dependencies, named for what they give. They validate as they inject."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from state_manager.cache import Cache
+from state_manager.db import Database
+from state_manager.errors import Forbidden
+from state_manager.settings import Settings
+from state_manager.tenants.auth import Authenticator, Principal
+from state_manager.tenants.schemas import KeyKind
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the lifespan opened; one per process."""
+
+    settings: Settings
+    db: Database
+    cache: Cache
+    auth: Authenticator
+
+
+async def get_services(request: Request) -> Services:
+    # async so FastAPI calls it inline; a plain def costs a thread-pool hop on every request.
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def _presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return x_api_key
+
+
+async def get_principal(
+    services: ServicesDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Principal:
+    return await services.auth.principal(_presented_key(authorization, x_api_key))
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_admin(principal: PrincipalDep) -> Principal:
+    if principal.kind is not KeyKind.ADMIN:
+        raise Forbidden("this needs an admin key")
+    return principal
+
+
+AdminDep = Annotated[Principal, Depends(get_admin)]
+
+
+@dataclass(frozen=True, slots=True)
+class TenantScope:
+    """A request's tenant and the way to open a transaction scoped to it."""
+
+    tenant_id: str
+    db: Database
+    cache: Cache
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        async with self.db.transaction(self.tenant_id, write=True) as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.db.transaction(self.tenant_id, write=False) as conn:
+            yield conn
+
+
+async def get_tenant_scope(
+    services: ServicesDep,
+    principal: PrincipalDep,
+    x_tenant_id: Annotated[
+        str | None,
+        Header(
+            alias="X-Tenant-ID",
+            description="The tenant to act for (needed with service and admin keys)",
+        ),
+    ] = None,
+) -> TenantScope:
+    tenant_id = await services.auth.tenant_for(principal, x_tenant_id)
+    return TenantScope(tenant_id=tenant_id, db=services.db, cache=services.cache)
+
+
+TenantDep = Annotated[TenantScope, Depends(get_tenant_scope)]

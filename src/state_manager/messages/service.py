@@ -1,0 +1,349 @@
+"""Messages: record once, link the other side's ID later, and merge receipts in any order."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from state_manager.conversations import repository as conversations_repo
+from state_manager.conversations import service as conversations
+from state_manager.conversations.lifecycle import ConversationState
+from state_manager.customers import service as customers
+from state_manager.customers.identity import IdentityChannel
+from state_manager.customers.schemas import IdentityIn
+from state_manager.db.types import utcnow
+from state_manager.errors import Conflict, NotFound
+from state_manager.messages import repository as repo
+from state_manager.messages.schemas import (
+    InboundMessage,
+    InboundRecorded,
+    LinkIds,
+    MessageBody,
+    MessageRead,
+    MessageRecord,
+    ReceiptIn,
+    ReceiptOutcome,
+    ReceiptResult,
+    SenderType,
+)
+from state_manager.messages.status import (
+    Direction,
+    Failure,
+    Receipt,
+    ReceiptStatus,
+    StatusTimes,
+    derive,
+    merge,
+)
+
+ID_KINDS = ("wamid", "genesys")
+
+
+def to_read(row: RowMapping) -> MessageRead:
+    media = None
+    if any(row[f"media_{f}"] is not None for f in ("url", "mime_type", "filename", "caption")):
+        media = {f: row[f"media_{f}"] for f in ("url", "mime_type", "filename", "caption")}
+    failure = None
+    if row["failed_at"] is not None:
+        failure = {
+            "code": row["failure_code"],
+            "title": row["failure_title"],
+            "details": row["failure_details"],
+        }
+    return MessageRead.model_validate({**row, "media": media, "failure": failure})
+
+
+def _times(row: RowMapping) -> StatusTimes:
+    failure = None
+    if row["failed_at"] is not None:
+        failure = Failure(row["failure_code"], row["failure_title"], row["failure_details"])
+    return StatusTimes(
+        sent_at=row["sent_at"],
+        delivered_at=row["delivered_at"],
+        read_at=row["read_at"],
+        failed_at=row["failed_at"],
+        failure=failure,
+    )
+
+
+def _time_values(times: StatusTimes) -> dict[str, Any]:
+    failure = times.failure or Failure()
+    return {
+        "sent_at": times.sent_at,
+        "delivered_at": times.delivered_at,
+        "read_at": times.read_at,
+        "failed_at": times.failed_at,
+        "failure_code": failure.code if times.failed_at else None,
+        "failure_title": failure.title if times.failed_at else None,
+        "failure_details": failure.details if times.failed_at else None,
+    }
+
+
+def _message_values(
+    body: MessageBody, *, conversation_id: uuid.UUID, direction: Direction, now: dt.datetime
+) -> dict[str, Any]:
+    media = body.media
+    return {
+        "id": uuid.uuid4(),
+        "conversation_id": conversation_id,
+        "direction": direction.value,
+        "type": body.type.value,
+        "text": body.text,
+        "media_url": media.url if media else None,
+        "media_mime_type": media.mime_type if media else None,
+        "media_filename": media.filename if media else None,
+        "media_caption": media.caption if media else None,
+        "occurred_at": body.occurred_at or now,
+        "created_at": now,
+        "updated_at": now,
+        "queued_at": now if direction is Direction.OUTBOUND else None,
+        "metadata": body.metadata,
+    }
+
+
+async def _insert_once(
+    conn: AsyncConnection, tenant_id: str, values: dict[str, Any], *, now: dt.datetime
+) -> tuple[RowMapping, bool]:
+    """Inserts the message unless one with the same wamid or Genesys ID exists; a repeat changes nothing."""
+    created = await repo.insert(conn, tenant_id, values)
+    if created is None:
+        existing = await repo.existing_for(
+            conn, tenant_id, values.get("wamid"), values.get("genesys_message_id")
+        )
+        assert existing is not None
+        return existing, False
+    await conversations_repo.record_activity(
+        conn,
+        tenant_id,
+        values["conversation_id"],
+        inbound=values["direction"] == Direction.INBOUND.value,
+        at=values["occurred_at"],
+        now=now,
+    )
+    return created, True
+
+
+async def _apply_held(conn: AsyncConnection, tenant_id: str, row: RowMapping) -> RowMapping:
+    """Applies receipts that arrived before the message (or before the ID they name was linked)."""
+    held: list[RowMapping] = []
+    if row["wamid"] is not None:
+        held += await repo.take_held(conn, tenant_id, "wamid", row["wamid"])
+    if row["genesys_message_id"] is not None:
+        held += await repo.take_held(conn, tenant_id, "genesys", row["genesys_message_id"])
+    if not held:
+        return row
+    times = _times(row)
+    for receipt in held:
+        failure = Failure(receipt["failure_code"], receipt["failure_title"], receipt["failure_details"])
+        status = ReceiptStatus(receipt["status"])
+        times = merge(
+            times,
+            Receipt(status, receipt["occurred_at"], failure if status is ReceiptStatus.FAILED else None),
+        )
+    await repo.write_times(conn, tenant_id, [{"id": row["id"], **_time_values(times)}], utcnow())
+    refreshed = await repo.get(conn, tenant_id, row["id"])
+    assert refreshed is not None
+    return refreshed
+
+
+async def record(
+    conn: AsyncConnection, tenant_id: str, conversation_id: uuid.UUID, data: MessageRecord
+) -> tuple[MessageRead, bool]:
+    conversation = await conversations.require(conn, tenant_id, conversation_id)
+    now = utcnow()
+    values = _message_values(data, conversation_id=conversation["id"], direction=data.direction, now=now)
+    default_sender = SenderType.CUSTOMER if data.direction is Direction.INBOUND else SenderType.AGENT
+    values |= {
+        "wamid": data.wamid,
+        "genesys_message_id": data.genesys_message_id,
+        "sender_type": (data.sender_type or default_sender).value,
+        "sender_id": data.sender_id,
+    }
+    row, created = await _insert_once(conn, tenant_id, values, now=now)
+    if created:
+        row = await _apply_held(conn, tenant_id, row)
+    return to_read(row), created
+
+
+async def record_inbound(conn: AsyncConnection, tenant_id: str, data: InboundMessage) -> InboundRecorded:
+    """Customer, open conversation and message in one transaction (the caller's)."""
+    wa_id = customers.normalized(
+        IdentityIn(channel=IdentityChannel.WHATSAPP, external_id=data.wa_id), "wa_id"
+    )[1]
+    now = utcnow()
+    at = data.occurred_at or now
+    found = await repo.inbound_context(conn, tenant_id, wa_id, data.business_number_id)
+    customer_created = conversation_created = False
+    if found is None:
+        customer_id, customer_created = await customers.find_or_create_by_whatsapp(
+            conn, tenant_id, wa_id, data.profile_name, at
+        )
+    else:
+        customer_id = found["customer_id"]
+        if data.profile_name and data.profile_name != found["display_name"]:
+            await customers.refresh_profile_name(conn, tenant_id, customer_id, data.profile_name)
+    if found is not None and found["conversation_id"] is not None:
+        conversation_id = found["conversation_id"]
+        state, genesys_id = found["state"], found["genesys_conversation_id"]
+    else:
+        conversation, conversation_created = await conversations.get_or_create_open(
+            conn,
+            tenant_id,
+            customer_id=customer_id,
+            business_number_id=data.business_number_id,
+            business_display_number=data.business_display_number,
+            at=at,
+            now=now,
+        )
+        conversation_id = conversation["id"]
+        state, genesys_id = conversation["state"], conversation["genesys_conversation_id"]
+    values = _message_values(data, conversation_id=conversation_id, direction=Direction.INBOUND, now=now)
+    values |= {"wamid": data.wamid, "genesys_message_id": None, "sender_type": "customer", "sender_id": wa_id}
+    row, created = await _insert_once(conn, tenant_id, values, now=now)
+    return InboundRecorded(
+        customer_id=customer_id,
+        customer_created=customer_created,
+        conversation_id=row["conversation_id"],
+        conversation_created=conversation_created,
+        conversation_state=ConversationState(state),
+        genesys_conversation_id=genesys_id,
+        message_id=row["id"],
+        duplicate=not created,
+    )
+
+
+async def read(conn: AsyncConnection, tenant_id: str, message_id: uuid.UUID) -> MessageRead:
+    row = await repo.get(conn, tenant_id, message_id)
+    if row is None:
+        raise NotFound(f"message {message_id} not found")
+    return to_read(row)
+
+
+async def by_external_id(conn: AsyncConnection, tenant_id: str, kind: str, external_id: str) -> MessageRead:
+    row = await repo.by_external_id(conn, tenant_id, kind, external_id)
+    if row is None:
+        raise NotFound(f"no message with {'wamid' if kind == 'wamid' else 'Genesys ID'} {external_id}")
+    return to_read(row)
+
+
+async def list_page(
+    conn: AsyncConnection,
+    tenant_id: str,
+    conversation_id: uuid.UUID,
+    *,
+    after: tuple[dt.datetime, uuid.UUID] | None,
+    newest_first: bool,
+    limit: int,
+) -> list[MessageRead]:
+    await conversations.require(conn, tenant_id, conversation_id)
+    rows = await repo.list_page(
+        conn, tenant_id, conversation_id, after=after, newest_first=newest_first, limit=limit
+    )
+    return [to_read(row) for row in rows]
+
+
+async def link_ids(conn: AsyncConnection, tenant_id: str, message_id: uuid.UUID, ids: LinkIds) -> MessageRead:
+    """Sets the wamid or Genesys ID learnt after the message was recorded; each can be set once."""
+    found = await repo.get(conn, tenant_id, message_id)
+    if found is None:
+        raise NotFound(f"message {message_id} not found")
+    row = found
+    values: dict[str, str] = {}
+    for field, kind, new in (
+        ("wamid", "wamid", ids.wamid),
+        ("genesys_message_id", "genesys", ids.genesys_message_id),
+    ):
+        if new is None or new == row[field]:
+            continue
+        if row[field] is not None:
+            raise Conflict(f"{field} is already {row[field]!r}; it cannot change")
+        other = await repo.by_external_id(conn, tenant_id, kind, new)
+        if other is not None:
+            raise Conflict(
+                f"another message already has {field} {new!r}", extra={"message_id": str(other["id"])}
+            )
+        values[field] = new
+    if values:
+        row = await repo.set_external_ids(conn, tenant_id, message_id, values, utcnow())
+        row = await _apply_held(conn, tenant_id, row)
+    return to_read(row)
+
+
+def _receipt(item: ReceiptIn) -> Receipt:
+    failure = None
+    if item.status is ReceiptStatus.FAILED:
+        error = item.error
+        failure = Failure(error.code, error.title, error.details) if error else Failure()
+    return Receipt(item.status, item.at, failure)
+
+
+async def apply_receipts(
+    conn: AsyncConnection, tenant_id: str, items: Sequence[ReceiptIn]
+) -> list[ReceiptResult]:
+    """Merges a batch of receipts; unknown messages' receipts are held until the message appears.
+
+    The named messages are locked first (in ID order), so concurrent batches serialise per message and
+    the merge, which is order-independent, sees every receipt exactly once.
+    """
+    keyed = [("wamid", item.wamid) if item.wamid else ("genesys", item.genesys_message_id) for item in items]
+    by_key: dict[tuple[str, str], RowMapping] = {}
+    for kind in ID_KINDS:
+        wanted = sorted({external_id for k, external_id in keyed if k == kind and external_id})
+        for locked in await repo.lock_for_receipts(conn, tenant_id, kind, wanted):
+            by_key[(kind, locked["wamid"] if kind == "wamid" else locked["genesys_message_id"])] = locked
+    times: dict[uuid.UUID, StatusTimes] = {}
+    rows: dict[uuid.UUID, RowMapping] = {}
+    results: list[ReceiptResult] = []
+    held: list[dict[str, Any]] = []
+    now = utcnow()
+    for item, (kind, external_id) in zip(items, keyed, strict=True):
+        assert external_id is not None
+        receipt = _receipt(item)
+        row = by_key.get((kind, external_id))
+        if row is None:
+            failure = receipt.failure or Failure()
+            held.append(
+                {
+                    "id_kind": kind,
+                    "external_id": external_id,
+                    "status": item.status.value,
+                    "occurred_at": item.at,
+                    "failure_code": failure.code,
+                    "failure_title": failure.title,
+                    "failure_details": failure.details,
+                    "received_at": now,
+                }
+            )
+            results.append(ReceiptResult(outcome=ReceiptOutcome.HELD))
+            continue
+        message_id = row["id"]
+        rows[message_id] = row
+        before = times.get(message_id) or _times(row)
+        after = merge(before, receipt)
+        times[message_id] = after
+        results.append(
+            ReceiptResult(
+                outcome=ReceiptOutcome.APPLIED if after != before else ReceiptOutcome.UNCHANGED,
+                message_id=message_id,
+                status=derive(after, Direction(row["direction"])),
+            )
+        )
+    changes = [
+        {"id": message_id, **_time_values(after)}
+        for message_id, after in times.items()
+        if after != _times(rows[message_id])
+    ]
+    await repo.write_times(conn, tenant_id, changes, now)
+    await repo.hold_receipts(conn, tenant_id, held)
+    # Every result for a message reports the status after the whole batch.
+    final = {
+        message_id: derive(t, Direction(rows[message_id]["direction"])) for message_id, t in times.items()
+    }
+    return [
+        r if r.message_id is None else r.model_copy(update={"status": final[r.message_id]}) for r in results
+    ]

@@ -1,0 +1,88 @@
+"""Settings read once from the environment (and `.env`), validated before anything starts."""
+
+from __future__ import annotations
+
+import enum
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path("./data")
+
+
+class AuthMode(enum.StrEnum):
+    REQUIRED = "required"
+    DISABLED = "disabled"
+
+
+class LogFormat(enum.StrEnum):
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        description="postgresql+asyncpg://… or sqlite+aiosqlite:///…; unset = the embedded SQLite file.",
+    )
+    redis_url: str | None = Field(default=None, description="redis://…; unset = in-process cache.")
+    rabbitmq_url: str | None = Field(default=None, description="amqp://…; unset = no queue consumers.")
+    host: str = "127.0.0.1"
+    port: int = Field(default=3005, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    auth_mode: AuthMode = AuthMode.REQUIRED
+    log_level: str = "INFO"
+    log_format: LogFormat = LogFormat.JSON
+    data_dir: Path = DEFAULT_DATA_DIR
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    db_pool_size: int = Field(default=10, ge=1, le=500)
+    db_max_overflow: int = Field(default=10, ge=0, le=500)
+    api_key_cache_seconds: float = Field(default=30.0, ge=0)
+    default_tenant_id: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database_scheme(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+            raise ValueError("must start with postgresql+asyncpg:// or sqlite+aiosqlite://")
+        return value
+
+    @field_validator("redis_url", "rabbitmq_url")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _known_redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @cached_property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'state-manager.db').as_posix()}"
+
+    @property
+    def is_embedded_database(self) -> bool:
+        return self.effective_database_url.startswith("sqlite")
+
+    @property
+    def admin_key_file(self) -> Path:
+        return self.data_dir / "admin-key"

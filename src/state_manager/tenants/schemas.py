@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TENANT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class KeyKind(enum.StrEnum):
+    TENANT = "tenant"  # acts for its own tenant only
+    SERVICE = "service"  # a trusted caller that names the tenant per request (X-Tenant-ID)
+    ADMIN = "admin"  # organizations, tenants, keys, cross-tenant reports; may also name a tenant
+
+
+class RetentionSettings(BaseModel):
+    """Used by the retention job; None keeps data until it is deleted by hand."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message_content_days: int | None = Field(default=None, ge=1)
+    closed_conversation_days: int | None = Field(default=None, ge=1)
+    raw_webhook_days: int | None = Field(default=30, ge=1)
+    event_days: int | None = Field(default=30, ge=1)
+
+
+class TenantSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    inactivity_timeout_seconds: int = Field(default=24 * 3600, ge=60, le=30 * 24 * 3600)
+    timezone: str = "UTC"
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+
+
+class OrganizationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=TENANT_ID_PATTERN)
+    name: str = Field(min_length=1, max_length=200)
+
+
+class OrganizationRead(BaseModel):
+    id: str
+    name: str
+    created_at: dt.datetime
+
+
+class TenantCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=TENANT_ID_PATTERN)
+    organization_id: str = Field(pattern=TENANT_ID_PATTERN)
+    name: str = Field(min_length=1, max_length=200)
+    settings: TenantSettings = Field(default_factory=TenantSettings)
+
+
+class TenantUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    settings: TenantSettings | None = None
+
+
+class TenantRead(BaseModel):
+    id: str
+    organization_id: str
+    name: str
+    settings: TenantSettings
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: KeyKind
+    name: str = Field(min_length=1, max_length=200)
+    tenant_id: str | None = Field(default=None, pattern=TENANT_ID_PATTERN)
+
+
+class ApiKeyRead(BaseModel):
+    id: uuid.UUID
+    prefix: str
+    kind: KeyKind
+    name: str
+    tenant_id: str | None
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+
+class ApiKeyCreated(ApiKeyRead):
+    key: str = Field(description="The whole key. It is shown once and never stored.")
