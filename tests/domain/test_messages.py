@@ -1,0 +1,181 @@
+"""Messages and context over HTTP: listing with cursors, lookups, linking IDs, repeats, context ordering."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from .helpers import (
+    Tenant,
+    assert_problem,
+    genesys_id,
+    inbound,
+    list_all,
+    ok,
+    parse_time,
+    record_message,
+    transition,
+    wa_id,
+    wamid,
+)
+
+T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 10])
+def test_list_messages_both_orders_with_cursor(tenant: Tenant, limit: int) -> None:
+    client = tenant.client
+    wa = wa_id()
+    first = inbound(client, wa, occurred_at=T0.isoformat(), status=201)
+    conversation_id = first["conversation_id"]
+    ids = [first["message_id"]]
+    # Mixed directions, times out of order, two messages at the same instant, epoch seconds and offsets.
+    offsets = [5, 3, 3, 8, 1]
+    for n, minutes in enumerate(offsets):
+        at = T0 + dt.timedelta(minutes=minutes)
+        if n % 2:
+            ids.append(inbound(client, wa, occurred_at=int(at.timestamp()), status=201)["message_id"])
+        else:
+            shown = at.astimezone(dt.timezone(dt.timedelta(hours=-5))).isoformat()
+            ids.append(
+                record_message(client, conversation_id, genesys_message_id=genesys_id(), occurred_at=shown)[
+                    "id"
+                ]
+            )
+    path = f"/v1/conversations/{conversation_id}/messages"
+    everything = ok(client.get(path, params={"limit": 500}))["items"]
+    assert sorted(m["id"] for m in everything) == sorted(ids)
+    keys = [(parse_time(m["occurred_at"]), m["id"]) for m in everything]
+    assert keys == sorted(keys)
+    ascending = list_all(client, path, limit)
+    descending = list_all(client, path, limit, order="desc")
+    assert [m["id"] for m in ascending] == [m["id"] for m in everything]
+    assert [m["id"] for m in descending] == [m["id"] for m in reversed(everything)]
+    assert_problem(client.get(path, params={"order": "sideways"}), 422)
+    assert_problem(client.get(path, params={"cursor": "@@@"}), 400, "bad-request")
+
+
+def test_lookups_and_repeats(tenant: Tenant) -> None:
+    client = tenant.client
+    wa = wa_id()
+    the_wamid = wamid()
+    first = inbound(client, wa, wamid_=the_wamid, text="hello", status=201)
+    repeat = inbound(client, wa, wamid_=the_wamid, text="changed?", status=200)
+    assert repeat["duplicate"] is True
+    assert repeat["message_id"] == first["message_id"]
+    message = ok(client.get(f"/v1/messages/{first['message_id']}"))
+    assert message["text"] == "hello"
+    assert message["direction"] == "inbound"
+    assert message["status"] == "received"
+    assert message["sender_type"] == "customer"
+    assert message["sender_id"] == wa
+    assert ok(client.get(f"/v1/messages/by-wamid/{the_wamid}")) == message
+    conversation = ok(client.get(f"/v1/conversations/{first['conversation_id']}"))
+    assert conversation["reply_window_open"] is True
+    # An outbound message recorded by its Genesys ID, found by it; a repeat answers 200 and changes nothing.
+    genesys = genesys_id()
+    body = {"direction": "outbound", "genesys_message_id": genesys, "text": "hi!", "sender_id": "agent-1"}
+    outbound = record_message(client, first["conversation_id"], **body)
+    assert outbound["status"] == "queued"
+    assert outbound["sender_type"] == "agent"
+    assert outbound["wamid"] is None
+    version = ok(client.get(f"/v1/conversations/{first['conversation_id']}"))["version"]
+    again = record_message(client, first["conversation_id"], status=200, **body | {"text": "other"})
+    assert again == outbound
+    assert ok(client.get(f"/v1/conversations/{first['conversation_id']}"))["version"] == version
+    assert ok(client.get(f"/v1/messages/by-genesys-id/{genesys}")) == outbound
+    assert_problem(client.get(f"/v1/messages/by-wamid/{wamid()}"), 404, "not-found")
+    assert_problem(client.get(f"/v1/messages/by-genesys-id/{genesys_id()}"), 404, "not-found")
+    assert_problem(
+        client.post(f"/v1/conversations/{first['conversation_id']}/messages", json={"direction": "outbound"}),
+        422,
+    )
+
+
+def test_link_wamid_later_applies_held_receipts(tenant: Tenant) -> None:
+    client = tenant.client
+    conversation_id = inbound(client, wa_id(), status=201)["conversation_id"]
+    outbound = record_message(client, conversation_id, genesys_message_id=genesys_id())
+    the_wamid = wamid()
+    # Receipts for the wamid arrive before anyone knows which message it is: held.
+    receipts = [
+        {"wamid": the_wamid, "status": "delivered", "at": "2026-03-01T12:00:05Z"},
+        {"wamid": the_wamid, "status": "sent", "at": "2026-03-01T12:00:01Z"},
+    ]
+    results = ok(client.post("/v1/receipts", json={"receipts": receipts}))["results"]
+    assert [r["outcome"] for r in results] == ["held", "held"]
+    linked = ok(client.post(f"/v1/messages/{outbound['id']}/link", json={"wamid": the_wamid}))
+    assert linked["wamid"] == the_wamid
+    assert linked["genesys_message_id"] == outbound["genesys_message_id"]
+    assert linked["status"] == "delivered"
+    assert parse_time(linked["sent_at"]) == dt.datetime(2026, 3, 1, 12, 0, 1, tzinfo=dt.UTC)
+    assert parse_time(linked["delivered_at"]) == dt.datetime(2026, 3, 1, 12, 0, 5, tzinfo=dt.UTC)
+    assert ok(client.get(f"/v1/messages/by-wamid/{the_wamid}")) == linked
+    # Linking the same wamid again is harmless; another wamid, or one another message has, is a conflict.
+    assert ok(client.post(f"/v1/messages/{outbound['id']}/link", json={"wamid": the_wamid})) == linked
+    assert_problem(
+        client.post(f"/v1/messages/{outbound['id']}/link", json={"wamid": wamid()}), 409, "conflict"
+    )
+    other = record_message(client, conversation_id, genesys_message_id=genesys_id())
+    taken = assert_problem(
+        client.post(f"/v1/messages/{other['id']}/link", json={"wamid": the_wamid}), 409, "conflict"
+    )
+    assert taken["message_id"] == outbound["id"]
+    assert ok(client.get(f"/v1/messages/{other['id']}"))["wamid"] is None
+    assert_problem(client.post(f"/v1/messages/{other['id']}/link", json={}), 422)
+    # A receipt now applies at once.
+    results = ok(
+        client.post(
+            "/v1/receipts",
+            json={"receipts": [{"wamid": the_wamid, "status": "read", "at": "2026-03-01T12:01:00Z"}]},
+        )
+    )
+    assert results["results"] == [{"outcome": "applied", "message_id": outbound["id"], "status": "read"}]
+
+
+def test_context_latest_at_wins_and_removal_sticks(tenant: Tenant) -> None:
+    client = tenant.client
+    conversation_id = inbound(client, wa_id(), status=201)["conversation_id"]
+    path = f"/v1/conversations/{conversation_id}/context"
+    assert ok(client.get(path)) == {"values": {}, "updated_at": {}}
+    t = [(T0 + dt.timedelta(minutes=n)).isoformat() for n in range(6)]
+    ok(client.patch(path, json={"values": {"intent": "buy", "step": 1, "cart": {"items": [1]}}, "at": t[2]}))
+    # An older write of the same keys changes nothing; its new key is kept.
+    older = ok(client.patch(path, json={"values": {"intent": "refund", "step": 0, "lang": "en"}, "at": t[1]}))
+    assert older["values"] == {"intent": "buy", "step": 1, "cart": {"items": [1]}, "lang": "en"}
+    newer = ok(client.patch(path, json={"values": {"step": 2}, "at": t[3]}))
+    assert newer["values"]["step"] == 2
+    assert parse_time(newer["updated_at"]["step"]) == T0 + dt.timedelta(minutes=3)
+    # null removes a key; an older write cannot bring it back, a newer one can.
+    removed = ok(client.patch(path, json={"values": {"cart": None}, "at": t[4]}))
+    assert "cart" not in removed["values"]
+    assert "cart" not in removed["updated_at"]
+    late = ok(client.patch(path, json={"values": {"cart": {"items": [9]}}, "at": t[3]}))
+    assert "cart" not in late["values"]
+    assert ok(client.get(path)) == late
+    back = ok(client.patch(path, json={"values": {"cart": {"items": [2]}}, "at": t[5]}))
+    assert back["values"]["cart"] == {"items": [2]}
+    # Epoch seconds work as `at`; without `at` the write is "now", which is newer than all of the above.
+    now = ok(client.patch(path, json={"values": {"intent": "chat"}}))
+    assert now["values"]["intent"] == "chat"
+    epoch = ok(client.patch(path, json={"values": {"intent": "old"}, "at": int(T0.timestamp())}))
+    assert epoch["values"]["intent"] == "chat"
+
+
+def test_customer_context_survives_across_conversations(tenant: Tenant) -> None:
+    client = tenant.client
+    wa = wa_id()
+    first = inbound(client, wa, status=201)
+    customer_path = f"/v1/customers/{first['customer_id']}/context"
+    ok(client.patch(customer_path, json={"values": {"tier": "gold", "last_topic": "billing"}}))
+    ok(client.patch(f"/v1/conversations/{first['conversation_id']}/context", json={"values": {"step": 3}}))
+    ok(transition(client, first["conversation_id"], "closed", "done"))
+    second = inbound(client, wa, status=201)
+    assert second["conversation_id"] != first["conversation_id"]
+    assert ok(client.get(customer_path))["values"] == {"tier": "gold", "last_topic": "billing"}
+    assert ok(client.get(f"/v1/conversations/{second['conversation_id']}/context"))["values"] == {}
+    assert ok(client.get(f"/v1/conversations/{first['conversation_id']}/context"))["values"] == {"step": 3}
+    assert_problem(client.patch(customer_path, json={"values": {}}), 422)
+    assert_problem(client.patch(customer_path, json={"values": {"bad key": 1}}), 422)
+    assert ok(client.get(customer_path))["values"] == {"tier": "gold", "last_topic": "billing"}
