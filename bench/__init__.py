@@ -1,0 +1,1 @@
+"""Load generator for the state-manager hot paths; see docs/benchmarks.md."""
