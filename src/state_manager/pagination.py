@@ -11,6 +11,7 @@ import orjson
 from pydantic import BaseModel
 
 from state_manager.errors import BadRequest
+from state_manager.timefmt import in_window
 
 T = TypeVar("T")
 
@@ -32,9 +33,8 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         at, id = orjson.loads(raw)
-        parsed = dt.datetime.fromisoformat(at)
-        if parsed.tzinfo is None:
-            raise ValueError("naive time")
-        return parsed, uuid.UUID(id)
+        if not isinstance(at, str) or not isinstance(id, str):
+            raise TypeError("a cursor holds two strings")
+        return in_window(dt.datetime.fromisoformat(at)), uuid.UUID(id)
     except (ValueError, TypeError) as exc:
         raise BadRequest("the cursor is not one this service returned") from exc

@@ -285,4 +285,4 @@ def test_conversation_list_pagination(tenant: Tenant, limit: int) -> None:
         started_before="2026-01-04T00:00:00Z",
     )
     assert {c["id"] for c in after} == {ids[1], ids[2], ids[3]}
-    assert_problem(client.get("/v1/conversations", params={"started_after": "2026-01-02T00:00:00"}), 400)
+    assert_problem(client.get("/v1/conversations", params={"started_after": "2026-01-02T00:00:00"}), 422)

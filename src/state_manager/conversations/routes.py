@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from typing import Annotated
 
@@ -30,6 +29,7 @@ from state_manager.errors import BadRequest
 from state_manager.etag import etag, expected_version
 from state_manager.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor, encode_cursor
 from state_manager.strict_json import StrictJsonRoute
+from state_manager.timefmt import FilterTime
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"], route_class=StrictJsonRoute)
 IfMatch = Annotated[str | None, Header(alias="If-Match", description="ETag from a previous read")]
@@ -64,14 +64,11 @@ async def list_conversations(
     customer_id: uuid.UUID | None = None,
     agent_id: Annotated[str | None, Query(max_length=128)] = None,
     business_number_id: Annotated[str | None, Query(pattern=BUSINESS_NUMBER_ID)] = None,
-    started_after: dt.datetime | None = None,
-    started_before: dt.datetime | None = None,
+    started_after: FilterTime | None = None,
+    started_before: FilterTime | None = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> Page[ConversationRead]:
-    for name, value in (("started_after", started_after), ("started_before", started_before)):
-        if value is not None and value.tzinfo is None:
-            raise BadRequest(f"{name} needs a time zone (e.g. 2026-01-01T00:00:00Z)")
     async with scope.read() as conn:
         items = await service.list_page(
             conn,

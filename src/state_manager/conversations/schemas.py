@@ -4,10 +4,11 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, computed_field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from state_manager.conversations.lifecycle import ConversationState
 from state_manager.customers.schemas import IdentityIn
+from state_manager.timefmt import EventTime
 
 BUSINESS_NUMBER_ID = r"^[A-Za-z0-9._:-]{1,64}$"
 
@@ -49,7 +50,7 @@ class TransitionRequest(BaseModel):
 
     state: ConversationState
     reason: str | None = Field(default=None, max_length=200)
-    at: AwareDatetime | None = Field(default=None, description="When it happened; default now")
+    at: EventTime | None = Field(default=None, description="When it happened; default now")
 
 
 class ConversationRead(BaseModel):
@@ -95,14 +96,14 @@ class ParticipantAdd(BaseModel):
         min_length=1, max_length=128, description="Agent user ID, bot name, or the customer's ID"
     )
     display_name: str | None = Field(default=None, max_length=256)
-    joined_at: AwareDatetime | None = None
+    joined_at: EventTime | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 class ParticipantLeave(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    left_at: AwareDatetime | None = None
+    left_at: EventTime | None = None
 
 
 class ParticipantRead(BaseModel):
