@@ -9,7 +9,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from state_manager.errors import PayloadTooLarge
+from state_manager.errors import BadRequest, PayloadTooLarge
 from state_manager.http_errors import problem_response
 from state_manager.observability.logging import request_id_var
 from state_manager.observability.metrics import HTTP_LATENCY, HTTP_REQUESTS
@@ -62,6 +62,11 @@ class RequestMiddleware:
             if declared_length is not None and declared_length > limit:
                 # Refused before a byte of the body is read.
                 await problem_response(PayloadTooLarge(f"the body is larger than {limit} bytes"))(
+                    scope, receive, send_with_id
+                )
+            elif "\x00" in scope["path"] or b"%00" in scope["query_string"]:
+                # PostgreSQL text cannot hold NUL; refuse it on every backend alike.
+                await problem_response(BadRequest("NUL characters are not accepted in the URL"))(
                     scope, receive, send_with_id
                 )
             else:
