@@ -95,14 +95,8 @@ pending_receipts = Table(
     Column("failure_title", String(512), nullable=True),
     Column("failure_details", Text, nullable=True),
     Column("received_at", UTCDateTime, nullable=False),
+    # `id` is derived from the receipt's content (messages.service.held_receipt_id), so a webhook
+    # delivered twice is held once, while two receipts that differ in anything are both kept.
     PrimaryKeyConstraint("tenant_id", "id"),
-    Index(
-        "uq_pending_receipts_receipt",
-        "tenant_id",
-        "id_kind",
-        "external_id",
-        "status",
-        "occurred_at",
-        unique=True,
-    ),
+    Index(None, "tenant_id", "id_kind", "external_id"),
 )

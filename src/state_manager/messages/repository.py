@@ -158,7 +158,7 @@ async def hold_receipts(conn: AsyncConnection, tenant_id: str, rows: Sequence[di
     if not rows:
         return
     statement = dialect_insert(conn.dialect.name)(pending_receipts).on_conflict_do_nothing()
-    await conn.execute(statement, [{"tenant_id": tenant_id, "id": uuid.uuid4(), **row} for row in rows])
+    await conn.execute(statement, [{"tenant_id": tenant_id, **row} for row in rows])
 
 
 async def take_held(

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 from sqlalchemy import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -16,6 +17,7 @@ from state_manager.conversations.lifecycle import ConversationState
 from state_manager.customers import service as customers
 from state_manager.customers.identity import IdentityChannel
 from state_manager.customers.schemas import IdentityIn
+from state_manager.db.locks import lock_names
 from state_manager.db.types import utcnow
 from state_manager.errors import Conflict, NotFound
 from state_manager.messages import repository as repo
@@ -42,6 +44,7 @@ from state_manager.messages.status import (
 )
 
 ID_KINDS = ("wamid", "genesys")
+_ID_FIELDS = (("wamid", "wamid"), ("genesys", "genesys_message_id"))  # (kind, column)
 
 
 def to_read(row: RowMapping) -> MessageRead:
@@ -130,6 +133,9 @@ async def _insert_once(
 
 async def _apply_held(conn: AsyncConnection, tenant_id: str, row: RowMapping) -> RowMapping:
     """Applies receipts that arrived before the message (or before the ID they name was linked)."""
+    await _lock_external_ids(
+        conn, tenant_id, [(kind, row[field]) for kind, field in _ID_FIELDS if row[field] is not None]
+    )
     held: list[RowMapping] = []
     if row["wamid"] is not None:
         held += await repo.take_held(conn, tenant_id, "wamid", row["wamid"])
@@ -269,9 +275,34 @@ async def link_ids(conn: AsyncConnection, tenant_id: str, message_id: uuid.UUID,
             )
         values[field] = new
     if values:
+        await _lock_external_ids(
+            conn, tenant_id, [(kind, values[field]) for kind, field in _ID_FIELDS if field in values]
+        )
         row = await repo.set_external_ids(conn, tenant_id, message_id, values, utcnow())
         row = await _apply_held(conn, tenant_id, row)
     return to_read(row)
+
+
+async def _lock_external_ids(conn: AsyncConnection, tenant_id: str, ids: Sequence[tuple[str, str]]) -> None:
+    """Serialises receipts for a message with the message's arrival (or the linking of the ID they name).
+
+    Without it, on PostgreSQL a receipt batch that runs while the message's insert is uncommitted
+    finds no message and holds the receipt, while the insert, not yet seeing the held receipt, finds
+    nothing to apply: the receipt would stay held forever. Taken before any message row is locked.
+    """
+    await lock_names(conn, (f"message-id:{tenant_id}:{kind}:{external_id}" for kind, external_id in ids))
+
+
+_HELD_RECEIPTS = uuid.UUID("5f0c3c2e-6a43-4d8e-9a55-0b8a3e4f7c21")
+
+
+def held_receipt_id(kind: str, external_id: str, receipt: Receipt) -> uuid.UUID:
+    """The same receipt always gets the same ID, so holding it twice keeps one row."""
+    failure = receipt.failure
+    content: list[str | None] = [kind, external_id, receipt.status.value, receipt.at.isoformat()]
+    if failure is not None:
+        content += [failure.code, failure.title, failure.details]
+    return uuid.uuid5(_HELD_RECEIPTS, orjson.dumps(content).decode())
 
 
 def _receipt(item: ReceiptIn) -> Receipt:
@@ -291,6 +322,9 @@ async def apply_receipts(
     the merge, which is order-independent, sees every receipt exactly once.
     """
     keyed = [("wamid", item.wamid) if item.wamid else ("genesys", item.genesys_message_id) for item in items]
+    await _lock_external_ids(
+        conn, tenant_id, [(kind, external_id) for kind, external_id in keyed if external_id]
+    )
     by_key: dict[tuple[str, str], RowMapping] = {}
     for kind in ID_KINDS:
         wanted = sorted({external_id for k, external_id in keyed if k == kind and external_id})
@@ -309,6 +343,7 @@ async def apply_receipts(
             failure = receipt.failure or Failure()
             held.append(
                 {
+                    "id": held_receipt_id(kind, external_id, receipt),
                     "id_kind": kind,
                     "external_id": external_id,
                     "status": item.status.value,

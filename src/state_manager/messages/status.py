@@ -10,7 +10,8 @@ Why `failed` sits between `delivered` and `sent`:
 - `sent` only says WhatsApp's servers accepted the message, which always happens before a failure.
   A `sent` that arrives after `failed` is a late webhook, not a new attempt (a resend has a new
   wamid), so it is recorded (sent_at) and the message stays `failed`.
-Failure details come from the earliest failed receipt, ties broken by code then title then details,
+Failure details come from the earliest failed receipt, ties broken by code then title then details
+(a missing field before an empty one),
 so that two different failures for one message also merge in any order.
 
 The database keeps the same rule as a generated column (messages.models.DERIVED_STATUS_SQL).
@@ -74,9 +75,16 @@ class StatusTimes:
     failure: Failure | None = None
 
 
-def _failure_key(at: dt.datetime, failure: Failure | None) -> tuple[dt.datetime, str, str, str]:
+def _failure_key(
+    at: dt.datetime, failure: Failure | None
+) -> tuple[dt.datetime, tuple[bool, str], tuple[bool, str], tuple[bool, str]]:
+    """Total order on failures; a missing field sorts before any text, even an empty one."""
     f = failure or Failure()
-    return (at, f.code or "", f.title or "", f.details or "")
+    return (at, _present(f.code), _present(f.title), _present(f.details))
+
+
+def _present(part: str | None) -> tuple[bool, str]:
+    return (part is not None, part or "")
 
 
 def merge(times: StatusTimes, receipt: Receipt) -> StatusTimes:

@@ -106,9 +106,9 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("pending_receipts", schema=None) as batch_op:
         batch_op.create_index(
-            "uq_pending_receipts_receipt",
-            ["tenant_id", "id_kind", "external_id", "status", "occurred_at"],
-            unique=True,
+            batch_op.f("ix_pending_receipts_tenant_id_id_kind_external_id"),
+            ["tenant_id", "id_kind", "external_id"],
+            unique=False,
         )
 
     op.create_table(
@@ -462,7 +462,7 @@ def downgrade() -> None:
 
     op.drop_table("tenants")
     with op.batch_alter_table("pending_receipts", schema=None) as batch_op:
-        batch_op.drop_index("uq_pending_receipts_receipt")
+        batch_op.drop_index(batch_op.f("ix_pending_receipts_tenant_id_id_kind_external_id"))
 
     op.drop_table("pending_receipts")
     op.drop_table("organizations")
