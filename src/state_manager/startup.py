@@ -6,8 +6,11 @@ import logging
 import os
 from pathlib import Path
 
+from sqlalchemy.exc import DBAPIError
+
 from state_manager.db import Database
 from state_manager.db.migrate import head_revision, upgrade_to_head_async
+from state_manager.db.postgres import APP_ROLE
 from state_manager.settings import AuthMode, Settings
 from state_manager.tenants import service as tenants
 
@@ -21,9 +24,17 @@ class SchemaNotReady(RuntimeError):
 async def prepare_schema(settings: Settings, db: Database) -> None:
     """The embedded default migrates itself; PostgreSQL must have been migrated by an operator."""
     if settings.is_embedded_database:
-        await upgrade_to_head_async(settings.effective_database_url)
+        if await db.schema_revision() != head_revision():
+            await upgrade_to_head_async(settings.effective_database_url)
         return
-    current, head = await db.schema_revision(), head_revision()
+    try:
+        current = await db.schema_revision()
+    except DBAPIError as exc:
+        if not _missing_app_role(exc):
+            raise
+        # The first migration creates the role the service works as: this cluster was never migrated.
+        current = None
+    head = head_revision()
     if current != head:
         raise SchemaNotReady(
             f"the database schema is at revision {current or 'none'}, this release needs {head}: "
@@ -31,8 +42,13 @@ async def prepare_schema(settings: Settings, db: Database) -> None:
         )
 
 
+def _missing_app_role(exc: DBAPIError) -> bool:
+    text = str(exc.orig)
+    return APP_ROLE in text and "does not exist" in text
+
+
 def _write_secret(path: Path, secret: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(secret + "\n")

@@ -75,29 +75,18 @@ def safe_url(url: str) -> str:
         return url.split("://", 1)[0] + "://…"
 
 
-def _missing_app_role(exc: BaseException) -> bool:
-    text = str(exc)
-    return "state_manager_app" in text and "does not exist" in text
-
-
 async def ensure_schema(settings: Settings, db: Database) -> None:
     """The embedded default migrates itself; PostgreSQL must be at head already (exit 1 otherwise)."""
     from sqlalchemy.exc import DBAPIError
 
-    from state_manager.db.migrate import head_revision
     from state_manager.errors import StateManagerError
     from state_manager.startup import SchemaNotReady, prepare_schema
 
     try:
-        if settings.is_embedded_database and await db.schema_revision() == head_revision():
-            return  # already migrated: skip starting Alembic
         await prepare_schema(settings, db)
     except SchemaNotReady as exc:
         fail(str(exc))
     except (DBAPIError, OSError, StateManagerError) as exc:
-        if _missing_app_role(exc):
-            # The role is created by the first migration: this database (cluster) was never migrated.
-            fail("the database schema is at revision none: run `state-manager migrate` first")
         fail(f"cannot use the database {safe_url(settings.effective_database_url)}: {_reason(exc)}")
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 from state_manager.cli.common import fail, load_settings, note, out, safe_url
 
@@ -47,9 +46,10 @@ async def current_revision(url: str) -> str | None:
     from sqlalchemy.exc import DBAPIError
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    from state_manager.db.sqlite import create_private_file, database_file
+
+    if make_url(url).get_backend_name() == "sqlite" and (path := database_file(url)) is not None:
+        create_private_file(path)
     engine = create_async_engine(url, poolclass=pool.NullPool)
     try:
         async with engine.connect() as conn:

@@ -5,6 +5,7 @@ SQLite has no row-level security; the application's tenant scoping is the wall h
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Table, event
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from state_manager.db.database import Database
@@ -21,14 +22,26 @@ from state_manager.settings import Settings
 BEGIN_MODE = "state_manager_begin"
 
 
+def database_file(url: str) -> Path | None:
+    """The file behind a SQLite URL (None for an in-memory database)."""
+    database = make_url(url).database
+    return None if database in (None, "", ":memory:") else Path(database)
+
+
+def create_private_file(path: Path) -> None:
+    """Creates the database file, and its folder, for the service's user only (SQLite gives the -wal
+    and -shm files the database file's mode). An existing file or folder keeps its mode."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+
+
 class SqliteDatabase(Database):
     name = "sqlite"
 
     def __init__(self, settings: Settings) -> None:
         url = settings.effective_database_url
-        path = url.split(":///", 1)[1] if ":///" in url else ""
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if (path := database_file(url)) is not None:
+            create_private_file(path)
         self.engine = create_async_engine(url, pool_size=5, max_overflow=5, connect_args={"timeout": 30})
 
         @event.listens_for(self.engine.sync_engine, "connect")
