@@ -179,3 +179,75 @@ def test_customer_context_survives_across_conversations(tenant: Tenant) -> None:
     assert_problem(client.patch(customer_path, json={"values": {}}), 422)
     assert_problem(client.patch(customer_path, json={"values": {"bad key": 1}}), 422)
     assert ok(client.get(customer_path))["values"] == {"tier": "gold", "last_topic": "billing"}
+
+
+def test_messages_appended_to_an_open_conversation(tenant: Tenant) -> None:
+    """The first message creates customer and conversation; the next ones are appended (on PostgreSQL by
+    the one-round-trip function): every field, clock and version must come out as the general path's."""
+    client = tenant.client
+    wa = wa_id()
+    first = inbound(client, wa, occurred_at=T0.isoformat(), profile_name="Ada", status=201)
+    assert first["customer_created"] is True
+    assert first["conversation_created"] is True
+    conversation_id = first["conversation_id"]
+    path = f"/v1/conversations/{conversation_id}"
+    version = ok(client.get(path))["version"]
+
+    media = {
+        "url": "https://example.com/a.jpg",
+        "mime_type": "image/jpeg",
+        "filename": "a.jpg",
+        "caption": "c",
+    }
+    second = inbound(
+        client,
+        wa,
+        occurred_at=(T0 + dt.timedelta(hours=2)).isoformat(),
+        profile_name="Ada L.",
+        type="image",
+        text=None,
+        media=media,
+        metadata={"k": [1, "two", {"three": None}]},
+        status=201,
+    )
+    assert second | {"message_id": None} == first | {
+        "message_id": None,
+        "customer_created": False,
+        "conversation_created": False,
+    }
+    message = ok(client.get(f"/v1/messages/{second['message_id']}"))
+    assert (message["type"], message["text"], message["media"]) == ("image", None, media)
+    assert message["metadata"] == {"k": [1, "two", {"three": None}]}
+    assert (message["direction"], message["sender_type"], message["sender_id"]) == ("inbound", "customer", wa)
+    assert message["conversation_id"] == conversation_id
+    customer = ok(client.get(f"/v1/customers/{first['customer_id']}"))
+    assert customer["display_name"] == "Ada L."
+    conversation = ok(client.get(path))
+    assert conversation["version"] == version + 1
+    assert parse_time(conversation["last_inbound_at"]) == T0 + dt.timedelta(hours=2)
+    assert parse_time(conversation["reply_window_ends_at"]) == T0 + dt.timedelta(hours=26)
+
+    # A late message is recorded, but moves no clock back; an empty profile name keeps the known one.
+    late = inbound(
+        client, wa, occurred_at=(T0 + dt.timedelta(hours=1)).isoformat(), profile_name="", status=201
+    )
+    conversation = ok(client.get(path))
+    assert conversation["version"] == version + 2
+    assert parse_time(conversation["last_activity_at"]) == T0 + dt.timedelta(hours=2)
+    assert parse_time(conversation["reply_window_ends_at"]) == T0 + dt.timedelta(hours=26)
+    assert ok(client.get(f"/v1/customers/{first['customer_id']}"))["display_name"] == "Ada L."
+
+    # A repeat of an appended message: same IDs, 200, nothing changes.
+    repeat = inbound(
+        client, wa, wamid_=ok(client.get(f"/v1/messages/{late['message_id']}"))["wamid"], status=200
+    )
+    assert (repeat["message_id"], repeat["duplicate"]) == (late["message_id"], True)
+    assert ok(client.get(path))["version"] == version + 2
+
+    # Once the conversation is closed, the next message opens a new one for the same customer.
+    assert transition(client, conversation_id, "closed", "resolved").status_code == 200
+    reopened = inbound(client, wa, status=201)
+    assert reopened["conversation_created"] is True
+    assert reopened["customer_created"] is False
+    assert reopened["customer_id"] == first["customer_id"]
+    assert reopened["conversation_id"] != conversation_id

@@ -6,11 +6,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 from sqlalchemy import Table, event, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
-from state_manager.db.database import Database
+from state_manager.db.database import RETRY_AFTER_SECONDS, Database
+from state_manager.errors import Unavailable
 from state_manager.settings import Settings
 
 # Created by the first migration; the service switches to it on every connection.
@@ -51,3 +54,27 @@ class PostgresDatabase(Database):
             if tenant_id is not None:
                 await conn.execute(SET_TENANT, {"tenant_id": tenant_id})
             yield conn
+
+    @asynccontextmanager
+    async def driver_connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection as asyncpg's own, outside any transaction, for a hot path that runs one
+        statement setting its own tenant (a stored function): no BEGIN, no COMMIT, no SQLAlchemy layer.
+
+        Losing the database is a 503 with Retry-After, as in `transaction`.
+        """
+        lost = Unavailable(
+            "the database is unavailable; retry later", headers={"Retry-After": RETRY_AFTER_SECONDS}
+        )
+        try:
+            conn = await self.engine.connect()
+        except (OperationalError, InterfaceError, OSError) as exc:
+            raise lost from exc
+        try:
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert isinstance(driver, asyncpg.Connection)
+            yield driver
+        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+            await conn.invalidate()  # never hand a broken connection to the next request
+            raise lost from exc
+        finally:
+            await conn.close()

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response, status
 
-from state_manager.deps import TenantDep
+from state_manager.deps import ServicesDep, TenantDep
 from state_manager.messages import service
 from state_manager.messages.schemas import (
     InboundMessage,
@@ -30,9 +30,10 @@ router = APIRouter(tags=["messages"], route_class=StrictJsonRoute)
     summary="Record a customer's WhatsApp message (customer, conversation and message in one transaction)",
     responses={200: {"description": "a repeat of a message already recorded", "model": InboundRecorded}},
 )
-async def record_inbound(body: InboundMessage, scope: TenantDep, response: Response) -> InboundRecorded:
-    async with scope.write() as conn:
-        recorded = await service.record_inbound(conn, scope.tenant_id, body)
+async def record_inbound(
+    body: InboundMessage, scope: TenantDep, services: ServicesDep, response: Response
+) -> InboundRecorded:
+    recorded = await services.inbound.record(scope.tenant_id, body)
     if recorded.duplicate:
         response.status_code = status.HTTP_200_OK
     return recorded

@@ -47,6 +47,10 @@ ID_KINDS = ("wamid", "genesys")
 _ID_FIELDS = (("wamid", "wamid"), ("genesys", "genesys_message_id"))  # (kind, column)
 
 
+def new_message_id() -> uuid.UUID:
+    return uuid.uuid4()
+
+
 def to_read(row: RowMapping) -> MessageRead:
     media = None
     if any(row[f"media_{f}"] is not None for f in ("url", "mime_type", "filename", "caption")):
@@ -92,7 +96,7 @@ def _message_values(
 ) -> dict[str, Any]:
     media = body.media
     return {
-        "id": uuid.uuid4(),
+        "id": new_message_id(),
         "conversation_id": conversation_id,
         "direction": direction.value,
         "type": body.type.value,
