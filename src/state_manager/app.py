@@ -5,16 +5,20 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from state_manager import http_errors, startup
 from state_manager.cache import open_cache
+from state_manager.cache.invalidation import open_bus
 from state_manager.context.routes import router as context_router
 from state_manager.conversations.routes import router as conversations_router
 from state_manager.customers.routes import router as customers_router
 from state_manager.db import open_database
 from state_manager.deps import Services
+from state_manager.messages.inbound import inbound_recorder
 from state_manager.messages.routes import router as messages_router
 from state_manager.observability import health
 from state_manager.observability.logging import configure as configure_logging
@@ -32,7 +36,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         configure_logging(settings.log_level, settings.log_format)
         db = open_database(settings)
         cache = open_cache(settings)
+        bus = open_bus(settings)
         try:
+            await bus.start()
             await startup.prepare_schema(settings, db)
             await startup.first_run(settings, db)
             app.state.services = Services(
@@ -45,6 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     required=settings.auth_mode is AuthMode.REQUIRED,
                     default_tenant_id=settings.default_tenant_id,
                 ),
+                bus=bus,
+                inbound=inbound_recorder(db, bus),
             )
             # Objects made at start-up live as long as the process; keeping them out of the
             # collector's generations removes most of its pauses from the request path.
@@ -52,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             gc.freeze()
             yield
         finally:
+            await bus.close()
             await cache.close()
             await db.dispose()
 
@@ -61,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Conversation state for WhatsApp <-> Genesys Cloud, for many tenants.",
         lifespan=lifespan,
     )
+    _document_auth_headers(app)
     app.add_middleware(RequestMiddleware, max_body_bytes=settings.max_body_bytes)
     http_errors.install(app)
     app.include_router(health.router)
@@ -71,3 +81,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(messages_router)
     app.include_router(context_router)
     return app
+
+
+_TENANT_HEADER = {
+    "name": "X-Tenant-ID",
+    "in": "header",
+    "required": False,
+    "description": "The tenant to act for (needed with service and admin keys)",
+    "schema": {"type": "string"},
+}
+
+
+def _document_auth_headers(app: FastAPI) -> None:
+    """API keys and X-Tenant-ID in the OpenAPI schema; `deps.get_tenant_scope` reads them itself."""
+
+    def schema() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            document.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "smk_… API key"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            }
+            for path, operations in document["paths"].items():
+                if not path.startswith("/v1/"):
+                    continue
+                for operation in operations.values():
+                    operation["security"] = [{"bearer": []}, {"apiKey": []}]
+                    if not path.startswith("/v1/admin/"):
+                        operation.setdefault("parameters", []).append(_TENANT_HEADER)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = schema  # type: ignore[method-assign]

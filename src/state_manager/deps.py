@@ -11,8 +11,11 @@ from fastapi import Depends, Header, Request
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.cache import Cache
+from state_manager.cache.invalidation import InvalidationBus
+from state_manager.cache.reads import ReadCache
 from state_manager.db import Database
 from state_manager.errors import Forbidden
+from state_manager.messages.inbound import InboundRecorder
 from state_manager.settings import Settings
 from state_manager.tenants.auth import Authenticator, Principal
 from state_manager.tenants.schemas import KeyKind
@@ -26,6 +29,8 @@ class Services:
     db: Database
     cache: Cache
     auth: Authenticator
+    bus: InvalidationBus
+    inbound: InboundRecorder
 
 
 async def get_services(request: Request) -> Services:
@@ -72,10 +77,16 @@ class TenantScope:
     tenant_id: str
     db: Database
     cache: Cache
+    bus: InvalidationBus
+
+    @property
+    def reads(self) -> ReadCache:
+        return self.bus.reads
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        async with self.db.transaction(self.tenant_id, write=True) as conn:
+        """A write transaction; once it commits, the customers it touched leave every read cache."""
+        async with self.bus.publishing_changes(), self.db.transaction(self.tenant_id, write=True) as conn:
             yield conn
 
     @asynccontextmanager
@@ -84,19 +95,20 @@ class TenantScope:
             yield conn
 
 
-async def get_tenant_scope(
-    services: ServicesDep,
-    principal: PrincipalDep,
-    x_tenant_id: Annotated[
-        str | None,
-        Header(
-            alias="X-Tenant-ID",
-            description="The tenant to act for (needed with service and admin keys)",
-        ),
-    ] = None,
-) -> TenantScope:
-    tenant_id = await services.auth.tenant_for(principal, x_tenant_id)
-    return TenantScope(tenant_id=tenant_id, db=services.db, cache=services.cache)
+async def get_tenant_scope(request: Request) -> TenantScope:
+    """The tenant a request acts for: its tenant key's, or `X-Tenant-ID` with a service or admin key.
+
+    Reads its headers itself rather than through FastAPI parameters: this runs on every /v1 request, and
+    FastAPI's per-parameter machinery cost more than the hot lookups it guards (the headers are in the
+    OpenAPI schema all the same, see app.py).
+    """
+    services: Services = request.app.state.services
+    headers = request.headers
+    principal = await services.auth.principal(
+        _presented_key(headers.get("authorization"), headers.get("x-api-key"))
+    )
+    tenant_id = await services.auth.tenant_for(principal, headers.get("x-tenant-id"))
+    return TenantScope(tenant_id=tenant_id, db=services.db, cache=services.cache, bus=services.bus)
 
 
 TenantDep = Annotated[TenantScope, Depends(get_tenant_scope)]

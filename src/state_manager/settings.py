@@ -39,9 +39,15 @@ class Settings(BaseSettings):
     log_format: LogFormat = LogFormat.JSON
     data_dir: Path = DEFAULT_DATA_DIR
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
-    db_pool_size: int = Field(default=10, ge=1, le=500)
-    db_max_overflow: int = Field(default=10, ge=0, le=500)
+    db_pool_size: int = Field(default=20, ge=1, le=500)
+    db_max_overflow: int = Field(default=0, ge=0, le=500)
     api_key_cache_seconds: float = Field(default=30.0, ge=0)
+    lookup_cache_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="How long a process may answer a lookup from memory (writes drop it at once); 0 = off.",
+    )
     default_tenant_id: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
     @field_validator("database_url")

@@ -21,6 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from state_manager.cache.invalidation import customer_changed
 from state_manager.conversations.lifecycle import OPEN_STATES
 from state_manager.conversations.models import OPEN_STATES_SQL, conversations, participants, state_changes
 from state_manager.customers.models import customer_identities
@@ -73,10 +74,17 @@ async def open_by_identity(
 ) -> RowMapping | None:
     """The open conversation of the customer with this identity: on that number, or the latest active."""
     ci = customer_identities.c
+    # A scalar subquery, not a join: the identity's primary key gives one customer, then the open-conversation
+    # index gives its row. As a join, a tenant without statistics was planned as a scan of all its
+    # conversations (2 ms instead of 0.1 ms with 1,000 of them).
+    customer_id = (
+        select(ci.customer_id)
+        .where(ci.tenant_id == tenant_id, ci.channel == channel, ci.external_id == external_id)
+        .scalar_subquery()
+    )
     query = (
         select(conversations)
-        .join(customer_identities, and_(ci.tenant_id == c.tenant_id, ci.customer_id == c.customer_id))
-        .where(c.tenant_id == tenant_id, ci.channel == channel, ci.external_id == external_id, OPEN_FILTER)
+        .where(c.tenant_id == tenant_id, c.customer_id == customer_id, OPEN_FILTER)
         .order_by(c.last_activity_at.desc())
         .limit(1)
     )
@@ -98,6 +106,8 @@ async def insert_open(conn: AsyncConnection, tenant_id: str, values: dict[str, A
         .returning(conversations)
     )
     found: RowMapping | None = (await conn.execute(statement)).mappings().first()
+    if found is not None:
+        customer_changed(tenant_id, found["customer_id"])
     return found
 
 
@@ -117,6 +127,8 @@ async def update_versioned(
         .returning(conversations)
     )
     found: RowMapping | None = (await conn.execute(statement)).mappings().first()
+    if found is not None:
+        customer_changed(tenant_id, found["customer_id"])
     return found
 
 
@@ -142,6 +154,7 @@ async def record_activity(
         .returning(conversations)
     )
     row: RowMapping = (await conn.execute(statement)).mappings().one()
+    customer_changed(tenant_id, row["customer_id"])
     return row
 
 

@@ -86,17 +86,22 @@ async def list_conversations(
     return Page(items=items, next_cursor=next_cursor)
 
 
-@router.get("/open", summary="The open conversation of a customer, by identity")
+@router.get(
+    "/open",
+    summary="The open conversation of a customer, by identity",
+    response_model=ConversationRead,
+    responses={200: {"headers": {"ETag": {"description": "the conversation's version"}}}},
+)
 async def get_open_conversation(
     scope: TenantDep,
-    response: Response,
     wa_id: Annotated[str | None, Query(description="WhatsApp ID; shorthand for channel=whatsapp")] = None,
     channel: IdentityChannel | None = None,
     external_id: Annotated[str | None, Query(max_length=256)] = None,
     business_number_id: Annotated[
         str | None, Query(pattern=BUSINESS_NUMBER_ID, description="Without it: the most recently active")
     ] = None,
-) -> ConversationRead:
+) -> Response:
+    # Answered as ready-made JSON: often from the process's read cache (see service).
     if wa_id is not None:
         identity = IdentityIn(channel=IdentityChannel.WHATSAPP, external_id=wa_id)
     elif channel is not None and external_id:
@@ -104,10 +109,10 @@ async def get_open_conversation(
     else:
         raise BadRequest("give wa_id, or channel and external_id")
     key = customers.normalized(identity, "wa_id" if wa_id is not None else "external_id")
-    async with scope.read() as conn:
-        return _with_etag(
-            response, await service.open_by_identity(conn, scope.tenant_id, *key, business_number_id)
-        )
+    body, tag = await service.open_by_identity_cached(
+        scope.db, scope.reads, scope.tenant_id, *key, business_number_id
+    )
+    return Response(body, media_type="application/json", headers={"ETag": tag})
 
 
 @router.get("/by-genesys-id/{genesys_conversation_id}")

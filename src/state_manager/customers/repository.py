@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import RowMapping, and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from state_manager.cache.invalidation import customer_changed
 from state_manager.customers.models import customer_identities, customers
 from state_manager.db.database import dialect_insert
 
@@ -52,7 +53,10 @@ async def insert_identity(
         .on_conflict_do_nothing()
         .returning(customer_identities.c.customer_id)
     )
-    return (await conn.execute(statement)).first() is not None
+    added = (await conn.execute(statement)).first() is not None
+    if added:
+        customer_changed(tenant_id, customer_id)
+    return added
 
 
 async def customer_id_by_identity(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import time
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -35,7 +35,7 @@ class RequestMiddleware:
                 request_id = candidate if _REQUEST_ID.match(candidate) else None
             elif name == b"content-length":
                 declared_length = int(value) if value.isdigit() else None
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or secrets.token_hex(16)
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
