@@ -74,12 +74,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestMiddleware, max_body_bytes=settings.max_body_bytes)
     http_errors.install(app)
     app.include_router(health.router)
-    app.include_router(tenant_routes.admin)
-    app.include_router(tenant_routes.own)
-    app.include_router(customers_router)
+    # Routes are matched in order, and matching costs: the hot paths (lookups, inbound messages, receipts)
+    # come before the administration.
     app.include_router(conversations_router)
     app.include_router(messages_router)
+    app.include_router(customers_router)
     app.include_router(context_router)
+    app.include_router(tenant_routes.own)
+    app.include_router(tenant_routes.admin)
     return app
 
 

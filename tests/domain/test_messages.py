@@ -251,3 +251,27 @@ def test_messages_appended_to_an_open_conversation(tenant: Tenant) -> None:
     assert reopened["customer_created"] is False
     assert reopened["customer_id"] == first["customer_id"]
     assert reopened["conversation_id"] != conversation_id
+
+
+def test_first_message_creates_the_customer_with_its_phone_identity(tenant: Tenant) -> None:
+    client = tenant.client
+    first = inbound(client, "14155552671", profile_name="Ada", status=201)
+    assert (first["customer_created"], first["conversation_created"]) == (True, True)
+    customer = ok(client.get(f"/v1/customers/{first['customer_id']}"))
+    assert customer["display_name"] == "Ada"
+    assert sorted((i["channel"], i["external_id"]) for i in customer["identities"]) == [
+        ("phone", "+14155552671"),
+        ("whatsapp", "14155552671"),
+    ]
+    history = ok(client.get(f"/v1/conversations/{first['conversation_id']}/history"))
+    assert [(h["from_state"], h["to_state"], h["reason"]) for h in history] == [(None, "pending", "created")]
+    # A wa_id that spells no valid phone number gets no phone identity; an empty profile name is no name.
+    other = inbound(client, "999999", profile_name="", status=201)
+    customer = ok(client.get(f"/v1/customers/{other['customer_id']}"))
+    assert customer["display_name"] is None
+    assert [(i["channel"], i["external_id"]) for i in customer["identities"]] == [("whatsapp", "999999")]
+    # The same customer on a second business number: a second conversation, no second customer.
+    elsewhere = inbound(client, "14155552671", "bn-2", status=201)
+    assert (elsewhere["customer_created"], elsewhere["conversation_created"]) == (False, True)
+    assert elsewhere["customer_id"] == first["customer_id"]
+    assert elsewhere["conversation_id"] != first["conversation_id"]

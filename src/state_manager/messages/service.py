@@ -191,7 +191,7 @@ async def record_inbound(conn: AsyncConnection, tenant_id: str, data: InboundMes
     customer_created = conversation_created = False
     if found is None:
         customer_id, customer_created = await customers.find_or_create_by_whatsapp(
-            conn, tenant_id, wa_id, data.profile_name, at
+            conn, tenant_id, wa_id, data.profile_name or None, at
         )
     else:
         customer_id = found["customer_id"]

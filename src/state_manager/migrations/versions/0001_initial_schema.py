@@ -165,8 +165,8 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("customers", schema=None) as batch_op:
         batch_op.create_index(
-            batch_op.f("ix_customers_tenant_id_created_at_id"),
-            ["tenant_id", "created_at", "id"],
+            batch_op.f("ix_customers_tenant_id_created_at"),
+            ["tenant_id", "created_at"],
             unique=False,
         )
 
@@ -208,8 +208,8 @@ def upgrade() -> None:
             unique=False,
         )
         batch_op.create_index(
-            batch_op.f("ix_conversations_tenant_id_started_at_id"),
-            ["tenant_id", "started_at", "id"],
+            batch_op.f("ix_conversations_tenant_id_started_at"),
+            ["tenant_id", "started_at"],
             unique=False,
         )
         batch_op.create_index(
@@ -370,8 +370,8 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.create_index(
-            batch_op.f("ix_messages_tenant_id_conversation_id_occurred_at_id"),
-            ["tenant_id", "conversation_id", "occurred_at", "id"],
+            batch_op.f("ix_messages_tenant_id_conversation_id_occurred_at"),
+            ["tenant_id", "conversation_id", "occurred_at"],
             unique=False,
         )
         batch_op.create_index(
@@ -407,7 +407,7 @@ def downgrade() -> None:
             postgresql_where=sa.text("genesys_message_id IS NOT NULL"),
             sqlite_where=sa.text("genesys_message_id IS NOT NULL"),
         )
-        batch_op.drop_index(batch_op.f("ix_messages_tenant_id_conversation_id_occurred_at_id"))
+        batch_op.drop_index(batch_op.f("ix_messages_tenant_id_conversation_id_occurred_at"))
 
     op.drop_table("messages")
     with op.batch_alter_table("conversation_state_changes", schema=None) as batch_op:
@@ -445,12 +445,12 @@ def downgrade() -> None:
             sqlite_where=sa.text("genesys_communication_id IS NOT NULL"),
         )
         batch_op.drop_index(batch_op.f("ix_conversations_tenant_id_state_last_activity_at"))
-        batch_op.drop_index(batch_op.f("ix_conversations_tenant_id_started_at_id"))
+        batch_op.drop_index(batch_op.f("ix_conversations_tenant_id_started_at"))
         batch_op.drop_index(batch_op.f("ix_conversations_tenant_id_customer_id_started_at"))
 
     op.drop_table("conversations")
     with op.batch_alter_table("customers", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_customers_tenant_id_created_at_id"))
+        batch_op.drop_index(batch_op.f("ix_customers_tenant_id_created_at"))
 
     op.drop_table("customers")
     with op.batch_alter_table("api_keys", schema=None) as batch_op:

@@ -4,11 +4,10 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-24 20:50:00
 
-The common case of an inbound WhatsApp message (a known customer with an open conversation on that
-business number) runs as one statement: tenant, lookup, profile-name refresh, insert-once and the
-conversation's activity times, in the statement's own transaction. It returns no row when the customer or
-the open conversation does not exist yet; the service then takes its general path, which creates them
-(messages.service.record_inbound). The two must stay equivalent: the same tests run against both.
+Recording a customer's WhatsApp message runs as one statement: tenant, customer found or created (with its
+phone identity), open conversation found or created (with its first state change), profile-name refresh,
+insert-once and the conversation's activity times, in the statement's own transaction. It does on
+PostgreSQL what messages.service.record_inbound does on any database; the same tests run against both.
 """
 
 from collections.abc import Sequence
@@ -24,8 +23,13 @@ RECORD_INBOUND = """
 CREATE OR REPLACE FUNCTION sm_record_inbound(
     p_tenant_id text,
     p_wa_id text,
+    p_phone text,
     p_business_number_id text,
+    p_business_display_number text,
     p_profile_name text,
+    p_new_customer_id uuid,
+    p_new_conversation_id uuid,
+    p_new_state_change_id uuid,
     p_message_id uuid,
     p_wamid text,
     p_type text,
@@ -40,7 +44,9 @@ CREATE OR REPLACE FUNCTION sm_record_inbound(
     p_reply_window interval
 ) RETURNS TABLE (
     customer_id uuid,
+    customer_created boolean,
     conversation_id uuid,
+    conversation_created boolean,
     conversation_state text,
     genesys_conversation_id text,
     message_id uuid,
@@ -51,38 +57,89 @@ AS $function$
 #variable_conflict use_column
 DECLARE
     v_customer uuid;
+    v_customer_created boolean := false;
     v_display_name text;
     v_conversation uuid;
+    v_conversation_created boolean := false;
     v_state text;
     v_genesys text;
     v_inserted uuid;
+    v_attempt int := 0;
 BEGIN
     -- Row-level security for the rest of this statement's transaction.
     PERFORM set_config('app.tenant_id', p_tenant_id, true);
 
-    SELECT cu.id, cu.display_name, cv.id, cv.state, cv.genesys_conversation_id
-      INTO v_customer, v_display_name, v_conversation, v_state, v_genesys
-      FROM customers cu
-      LEFT JOIN conversations cv
-        ON cv.tenant_id = cu.tenant_id
-       AND cv.customer_id = cu.id
-       AND cv.business_number_id = p_business_number_id
-       AND cv.state IN ('active', 'error', 'pending', 'waiting')
-     WHERE cu.tenant_id = p_tenant_id
-       AND cu.id = (SELECT ci.customer_id
-                      FROM customer_identities ci
-                     WHERE ci.tenant_id = p_tenant_id
-                       AND ci.channel = 'whatsapp'
-                       AND ci.external_id = p_wa_id);
-    IF v_conversation IS NULL THEN
-        RETURN;
+    SELECT ci.customer_id INTO v_customer
+      FROM customer_identities ci
+     WHERE ci.tenant_id = p_tenant_id AND ci.channel = 'whatsapp' AND ci.external_id = p_wa_id;
+
+    IF v_customer IS NULL THEN
+        -- A new customer. The identity's primary key decides a race: the loser deletes the customer row
+        -- it inserted (still private to its transaction) and takes the winner's.
+        INSERT INTO customers (tenant_id, id, display_name, preferences, consent, attributes, version,
+                               created_at, updated_at)
+        VALUES (p_tenant_id, p_new_customer_id, p_profile_name, '{}', '{}', '{}', 1, p_occurred_at,
+                p_occurred_at);
+        INSERT INTO customer_identities (tenant_id, channel, external_id, customer_id, created_at)
+        VALUES (p_tenant_id, 'whatsapp', p_wa_id, p_new_customer_id, p_occurred_at)
+        ON CONFLICT DO NOTHING
+        RETURNING customer_id INTO v_customer;
+        IF v_customer IS NULL THEN
+            DELETE FROM customers WHERE tenant_id = p_tenant_id AND id = p_new_customer_id;
+            SELECT ci.customer_id INTO v_customer
+              FROM customer_identities ci
+             WHERE ci.tenant_id = p_tenant_id AND ci.channel = 'whatsapp' AND ci.external_id = p_wa_id;
+        ELSE
+            v_customer_created := true;
+            IF p_phone IS NOT NULL THEN
+                INSERT INTO customer_identities (tenant_id, channel, external_id, customer_id, created_at)
+                VALUES (p_tenant_id, 'phone', p_phone, v_customer, p_occurred_at)
+                ON CONFLICT DO NOTHING;
+            END IF;
+        END IF;
     END IF;
 
-    IF p_profile_name IS NOT NULL AND v_display_name IS DISTINCT FROM p_profile_name THEN
+    IF NOT v_customer_created AND p_profile_name IS NOT NULL THEN
         UPDATE customers
            SET display_name = p_profile_name, version = version + 1, updated_at = p_now
-         WHERE tenant_id = p_tenant_id AND id = v_customer;
+         WHERE tenant_id = p_tenant_id AND id = v_customer AND display_name IS DISTINCT FROM p_profile_name;
     END IF;
+
+    -- The open conversation on this business number, created if there is none; the partial unique index
+    -- decides a race, and the loop reads the winner.
+    LOOP
+        SELECT cv.id, cv.state, cv.genesys_conversation_id INTO v_conversation, v_state, v_genesys
+          FROM conversations cv
+         WHERE cv.tenant_id = p_tenant_id
+           AND cv.customer_id = v_customer
+           AND cv.business_number_id = p_business_number_id
+           AND cv.state IN ('active', 'error', 'pending', 'waiting');
+        EXIT WHEN v_conversation IS NOT NULL;
+        INSERT INTO conversations (tenant_id, id, customer_id, channel, business_number_id,
+                                   business_display_number, state, state_reason, state_changed_at,
+                                   started_at, last_activity_at, metadata, version, created_at, updated_at)
+        VALUES (p_tenant_id, p_new_conversation_id, v_customer, 'whatsapp', p_business_number_id,
+                p_business_display_number, 'pending', 'created', p_now, p_occurred_at, p_occurred_at, '{}',
+                1, p_now, p_now)
+        ON CONFLICT (tenant_id, customer_id, business_number_id)
+            WHERE state IN ('active', 'error', 'pending', 'waiting')
+            DO NOTHING
+        RETURNING id INTO v_conversation;
+        IF v_conversation IS NOT NULL THEN
+            v_conversation_created := true;
+            v_state := 'pending';
+            v_genesys := NULL;
+            INSERT INTO conversation_state_changes (tenant_id, id, conversation_id, from_state, to_state,
+                                                    reason, changed_at)
+            VALUES (p_tenant_id, p_new_state_change_id, v_conversation, NULL, 'pending', 'created', p_now);
+            EXIT;
+        END IF;
+        v_attempt := v_attempt + 1;
+        IF v_attempt >= 5 THEN
+            RAISE EXCEPTION 'the conversation kept changing while it was being opened'
+                USING ERRCODE = '40001';
+        END IF;
+    END LOOP;
 
     INSERT INTO messages (
         tenant_id, id, conversation_id, direction, wamid, genesys_message_id, type, text,
@@ -97,9 +154,10 @@ BEGIN
     RETURNING id INTO v_inserted;
 
     IF v_inserted IS NULL THEN
-        -- A repeat of a message already recorded: nothing changes.
+        -- A repeat of a message already recorded: its own conversation and ID, nothing changes.
         RETURN QUERY
-            SELECT v_customer, m.conversation_id, v_state, v_genesys, m.id, true
+            SELECT v_customer, v_customer_created, m.conversation_id, v_conversation_created, v_state,
+                   v_genesys, m.id, true
               FROM messages m
              WHERE m.tenant_id = p_tenant_id AND m.wamid = p_wamid;
         RETURN;
@@ -114,7 +172,8 @@ BEGIN
            updated_at = p_now
      WHERE tenant_id = p_tenant_id AND id = v_conversation;
 
-    RETURN QUERY SELECT v_customer, v_conversation, v_state, v_genesys, v_inserted, false;
+    RETURN QUERY SELECT v_customer, v_customer_created, v_conversation, v_conversation_created, v_state,
+                        v_genesys, v_inserted, false;
 END
 $function$
 """
@@ -128,6 +187,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute(
-            "DROP FUNCTION sm_record_inbound(text, text, text, text, uuid, text, text, text, text, text, "
-            "text, text, jsonb, timestamptz, timestamptz, interval)"
+            "DROP FUNCTION sm_record_inbound(text, text, text, text, text, text, uuid, uuid, uuid, uuid, "
+            "text, text, text, text, text, text, text, jsonb, timestamptz, timestamptz, interval)"
         )
