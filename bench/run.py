@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="wait up to this many seconds before each scenario for the machine to be idle",
     )
-    p.add_argument("--concurrency", type=int, default=64, help="keep-alive connections in total")
+    p.add_argument("--concurrency", type=int, default=32, help="keep-alive connections in total")
     p.add_argument(
         "--processes", type=int, default=1, help="load-generator processes sharing the connections"
     )
