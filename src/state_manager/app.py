@@ -26,6 +26,7 @@ from state_manager.observability.middleware import RequestMiddleware
 from state_manager.settings import AuthMode, Settings
 from state_manager.tenants import routes as tenant_routes
 from state_manager.tenants.auth import Authenticator
+from state_manager.webhooks.routes import router as webhooks_router
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # come before the administration.
     app.include_router(conversations_router)
     app.include_router(messages_router)
+    app.include_router(webhooks_router)
     app.include_router(customers_router)
     app.include_router(context_router)
     app.include_router(tenant_routes.own)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from state_manager.cli import keys, migrate, serve, tenants
+from state_manager.cli import keys, migrate, replay, serve, tenants
 
 app = typer.Typer(
     name="state-manager",
@@ -20,5 +20,6 @@ app.command("migrate")(migrate.migrate)
 app.add_typer(tenants.organizations)
 app.add_typer(tenants.tenants)
 app.add_typer(keys.keys)
+app.command("replay")(replay.replay)
 
 __all__ = ["app"]

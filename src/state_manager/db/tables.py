@@ -5,6 +5,7 @@ from state_manager.conversations.models import conversations, participants, stat
 from state_manager.customers.models import customer_identities, customers
 from state_manager.messages.models import messages, pending_receipts
 from state_manager.tenants.models import api_keys, organizations, tenants
+from state_manager.webhooks.models import webhook_events
 
 # Tables that hold one tenant's data: row-level security applies to each of them on PostgreSQL.
 TENANT_TABLES = (
@@ -16,6 +17,7 @@ TENANT_TABLES = (
     messages,
     pending_receipts,
     context_entries,
+    webhook_events,
 )
 
 __all__ = [
@@ -31,4 +33,5 @@ __all__ = [
     "pending_receipts",
     "state_changes",
     "tenants",
+    "webhook_events",
 ]
