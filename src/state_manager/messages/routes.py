@@ -7,9 +7,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response, status
 
+from state_manager.conversations.schemas import ConversationRead
 from state_manager.deps import ServicesDep, TenantDep
+from state_manager.etag import etag
 from state_manager.messages import service
 from state_manager.messages.schemas import (
+    Correlation,
     InboundMessage,
     InboundRecorded,
     LinkIds,
@@ -106,3 +109,14 @@ async def link_message_ids(message_id: uuid.UUID, body: LinkIds, scope: TenantDe
 async def apply_receipts(body: ReceiptBatch, scope: TenantDep) -> ReceiptResults:
     async with scope.write() as conn:
         return ReceiptResults(results=await service.apply_receipts(conn, scope.tenant_id, body.receipts))
+
+
+@router.post(
+    "/v1/correlations",
+    summary="Link a Genesys conversation to the conversation of a WhatsApp message (any of its messages)",
+)
+async def correlate(body: Correlation, scope: TenantDep, response: Response) -> ConversationRead:
+    async with scope.write() as conn:
+        conversation = await service.correlate(conn, scope.tenant_id, body)
+    response.headers["ETag"] = etag(conversation.version)
+    return conversation

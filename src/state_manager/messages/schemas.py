@@ -185,3 +185,13 @@ class LinkIds(BaseModel):
         if self.wamid is None and self.genesys_message_id is None:
             raise ValueError("give wamid or genesys_message_id")
         return self
+
+
+class Correlation(BaseModel):
+    """What the Genesys side learnt when it accepted an inbound message: its conversation's IDs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    whatsapp_message_id: str = Field(pattern=EXTERNAL_ID, description="The wamid of any inbound message")
+    genesys_conversation_id: str = Field(pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    genesys_communication_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")

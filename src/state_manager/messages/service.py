@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.conversations import repository as conversations_repo
 from state_manager.conversations import service as conversations
-from state_manager.conversations.lifecycle import ConversationState
+from state_manager.conversations.lifecycle import FINAL_STATES, ConversationState
+from state_manager.conversations.schemas import ConversationRead, ConversationUpdate
 from state_manager.customers import service as customers
 from state_manager.customers.identity import IdentityChannel
 from state_manager.customers.schemas import IdentityIn
@@ -22,6 +23,7 @@ from state_manager.db.types import utcnow
 from state_manager.errors import Conflict, NotFound
 from state_manager.messages import repository as repo
 from state_manager.messages.schemas import (
+    Correlation,
     InboundMessage,
     InboundRecorded,
     LinkIds,
@@ -386,3 +388,26 @@ async def apply_receipts(
     return [
         r if r.message_id is None else r.model_copy(update={"status": final[r.message_id]}) for r in results
     ]
+
+
+async def correlate(conn: AsyncConnection, tenant_id: str, data: Correlation) -> ConversationRead:
+    """Links the Genesys conversation (and communication) to the conversation of a WhatsApp message.
+
+    Any message of the conversation will do, not only its latest: the Genesys side answers late, and by
+    then the customer may have written again. A closed or expired conversation is not linked: its
+    successor is the one Genesys should hear about. Linking what is already linked changes nothing.
+    """
+    message = await repo.by_external_id(conn, tenant_id, "wamid", data.whatsapp_message_id)
+    if message is None:
+        raise NotFound(f"no message with wamid {data.whatsapp_message_id}")
+    conversation = await conversations.require(conn, tenant_id, message["conversation_id"])
+    if ConversationState(conversation["state"]) in FINAL_STATES:
+        raise Conflict(
+            f"the message's conversation is {conversation['state']}; it cannot be linked any more",
+            extra={"conversation_id": str(conversation["id"]), "state": conversation["state"]},
+        )
+    update = ConversationUpdate(
+        genesys_conversation_id=data.genesys_conversation_id,
+        genesys_communication_id=data.genesys_communication_id,
+    )
+    return await conversations.update(conn, tenant_id, conversation["id"], update, None)
