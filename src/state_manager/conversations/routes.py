@@ -7,6 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 
+from state_manager.agents import service as agents
+from state_manager.agents.schemas import DEFAULT_MESSAGES, MAX_MESSAGES, AgentContext
 from state_manager.conversations import service
 from state_manager.conversations.lifecycle import ConversationState
 from state_manager.conversations.schemas import (
@@ -202,3 +204,16 @@ async def remove_participant(
         return await service.remove_participant(
             conn, scope.tenant_id, conversation_id, participant_id, body.left_at
         )
+
+
+@router.get(
+    "/{conversation_id}/agent-context",
+    summary="Everything an agent needs: conversation, participants, customer, context, messages, history",
+)
+async def get_agent_context(
+    conversation_id: uuid.UUID,
+    scope: TenantDep,
+    messages: Annotated[int, Query(ge=0, le=MAX_MESSAGES)] = DEFAULT_MESSAGES,
+) -> AgentContext:
+    async with scope.read() as conn:
+        return await agents.agent_context(conn, scope.tenant_id, conversation_id, message_count=messages)

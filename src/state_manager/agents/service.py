@@ -1,0 +1,44 @@
+"""The agent portal's view of a conversation, read in one transaction so that its parts agree."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from state_manager.agents.schemas import EARLIER_CONVERSATIONS, AgentContext
+from state_manager.context import service as context
+from state_manager.conversations import service as conversations
+from state_manager.customers import service as customers
+from state_manager.messages import service as messages
+
+
+async def agent_context(
+    conn: AsyncConnection, tenant_id: str, conversation_id: uuid.UUID, *, message_count: int
+) -> AgentContext:
+    conversation = await conversations.read(conn, tenant_id, conversation_id)
+    latest = await messages.list_page(
+        conn, tenant_id, conversation_id, after=None, newest_first=True, limit=message_count + 1
+    )
+    earlier = await conversations.list_page(
+        conn,
+        tenant_id,
+        states=None,
+        customer_id=conversation.customer_id,
+        agent_id=None,
+        business_number_id=None,
+        started_after=None,
+        started_before=None,
+        before=None,
+        limit=EARLIER_CONVERSATIONS + 1,
+    )
+    return AgentContext(
+        conversation=conversation,
+        participants=await conversations.participants(conn, tenant_id, conversation_id),
+        customer=await customers.read(conn, tenant_id, conversation.customer_id),
+        conversation_context=await context.read(conn, tenant_id, "conversation", conversation_id),
+        customer_context=await context.read(conn, tenant_id, "customer", conversation.customer_id),
+        messages=list(reversed(latest[:message_count])),
+        more_messages=len(latest) > message_count,
+        earlier_conversations=[c for c in earlier if c.id != conversation_id][:EARLIER_CONVERSATIONS],
+    )
