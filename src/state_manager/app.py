@@ -18,6 +18,7 @@ from state_manager.conversations.routes import router as conversations_router
 from state_manager.customers.routes import router as customers_router
 from state_manager.db import open_database
 from state_manager.deps import Services
+from state_manager.genesys.routes import router as genesys_router
 from state_manager.messages.inbound import inbound_recorder
 from state_manager.messages.routes import router as messages_router
 from state_manager.observability import health
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(conversations_router)
     app.include_router(messages_router)
     app.include_router(webhooks_router)
+    app.include_router(genesys_router)
     app.include_router(customers_router)
     app.include_router(context_router)
     app.include_router(tenant_routes.own)
