@@ -10,7 +10,8 @@ from fastapi import APIRouter, Query, Response, status
 from state_manager.conversations.schemas import ConversationRead
 from state_manager.deps import ServicesDep, TenantDep
 from state_manager.etag import etag
-from state_manager.messages import service
+from state_manager.messages import outbound, service
+from state_manager.messages.outbound import GenesysOutboundMessage, OutboundRecorded, QueuedOutboundMessage
 from state_manager.messages.schemas import (
     Correlation,
     InboundMessage,
@@ -120,3 +121,19 @@ async def correlate(body: Correlation, scope: TenantDep, response: Response) -> 
         conversation = await service.correlate(conn, scope.tenant_id, body)
     response.headers["ETag"] = etag(conversation.version)
     return conversation
+
+
+@router.post(
+    "/v1/outbound/genesys",
+    status_code=status.HTTP_201_CREATED,
+    summary="Record an agent's message from Genesys (Open Messaging webhook or queue shape) for WhatsApp",
+    responses={200: {"description": "a repeat of a message already recorded", "model": OutboundRecorded}},
+)
+async def record_outbound(
+    body: GenesysOutboundMessage | QueuedOutboundMessage, scope: TenantDep, response: Response
+) -> OutboundRecorded:
+    async with scope.write() as conn:
+        recorded = await outbound.record_outbound(conn, scope.tenant_id, body)
+    if recorded.duplicate:
+        response.status_code = status.HTTP_200_OK
+    return recorded
