@@ -13,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from state_manager import http_errors, startup
 from state_manager.cache import open_cache
 from state_manager.cache.invalidation import open_bus
+from state_manager.compat.routes import router as compat_router
 from state_manager.context.routes import router as context_router
 from state_manager.conversations.routes import router as conversations_router
 from state_manager.customers.routes import router as customers_router
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(context_router)
     app.include_router(tenant_routes.own)
     app.include_router(tenant_routes.admin)
+    app.include_router(compat_router)
     return app
 
 
