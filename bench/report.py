@@ -16,6 +16,7 @@ from bench.loadgen import LoadResult
 TARGETS: dict[str, dict[str, float]] = {
     "inbound": {"min_per_second": 1500.0, "max_p99_ms": 50.0},
     "receipts": {"min_items_per_second": 5000.0},
+    "webhook": {"min_items_per_second": 10000.0},
     "lookup": {"min_ratio_to_baseline": 0.5},
 }
 
@@ -54,7 +55,7 @@ def summarize(result: LoadResult, baseline_rps: float | None) -> dict[str, Any]:
         "server_connections_per_process": result.server_connections,
         "load_generator": result.sources,
     }
-    if result.scenario == "receipts":
+    if result.scenario in ("receipts", "webhook"):
         applied = sum(src.get("outcomes_in_window", {}).get("applied", 0) for src in result.sources)
         out["applied_per_s"] = round(applied / result.duration_s, 1)
     out["target"] = check_target(out)
@@ -65,7 +66,7 @@ def notes(summary: dict[str, Any]) -> list[str]:
     """One-line remarks on what the server answered, from the load generators' counters."""
     sources: list[dict[str, Any]] = summary["load_generator"]
     out: list[str] = []
-    if summary["scenario"] == "receipts":
+    if summary["scenario"] in ("receipts", "webhook"):
         outcomes: dict[str, int] = {}
         for source in sources:
             for name, count in source.get("outcomes_in_window", {}).items():

@@ -26,7 +26,9 @@ from bench.httpclient import split_url
 from bench.loadgen import run_load
 from bench.scenarios import BUSINESS_NUMBER_ID, ScenarioSpec
 
-ALL_SCENARIOS = ("baseline", "lookup", "inbound", "receipts")
+ALL_SCENARIOS = ("baseline", "lookup", "inbound", "receipts", "webhook")
+# Scenarios that need outbound messages to send statuses for; each gets its own share of them.
+STATUS_SCENARIOS = ("receipts", "webhook")
 QUIET_THRESHOLD = 15.0  # % of one core the machine may use with no benchmark load
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -155,9 +157,9 @@ def build_spec(name: str, args: argparse.Namespace, fixture: Fixture, run_tag: s
         return ScenarioSpec(
             "inbound", fixture.token, {"customers": args.inbound_customers, "run_tag": run_tag}
         )
-    return ScenarioSpec(
-        "receipts", fixture.token, {"wamids": fixture.outbound_wamids, "batch": args.receipt_batch}
-    )
+    share = [n for n in STATUS_SCENARIOS if n in args.scenarios].index(name)
+    wamids = fixture.outbound_wamids[share * args.receipt_messages : (share + 1) * args.receipt_messages]
+    return ScenarioSpec(name, fixture.token, {"wamids": wamids, "batch": args.receipt_batch})
 
 
 async def prepare(
@@ -166,14 +168,16 @@ async def prepare(
     """Tenant, key and seed data; with analyze_dsn, ANALYZE after each seeding step (see server.analyze)."""
     tenant_id, token = await fixtures.create_tenant(url, admin_key, run_tag)
     fixture = Fixture(tenant_id=tenant_id, token=token)
-    if {"lookup", "receipts"} & set(args.scenarios):
+    status_scenarios = [n for n in STATUS_SCENARIOS if n in args.scenarios]
+    if {"lookup", *STATUS_SCENARIOS} & set(args.scenarios):
         print(f"seeding {args.seed_conversations} conversations ...", flush=True)
         await fixtures.seed_conversations(url, fixture, args.seed_conversations, run_tag)
         if analyze_dsn:
             await server.analyze(analyze_dsn)
-    if "receipts" in args.scenarios:
-        print(f"seeding {args.receipt_messages} outbound messages ...", flush=True)
-        await fixtures.seed_outbound(url, fixture, args.receipt_messages, run_tag)
+    if status_scenarios:
+        count = args.receipt_messages * len(status_scenarios)
+        print(f"seeding {count} outbound messages ...", flush=True)
+        await fixtures.seed_outbound(url, fixture, count, run_tag)
         if analyze_dsn:
             await server.analyze(analyze_dsn)
     return fixture

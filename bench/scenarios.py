@@ -183,11 +183,51 @@ class Receipts:
         }
 
 
+class WebhookStatuses(Receipts):
+    """The same statuses as `Receipts`, as Meta sends them: raw WhatsApp webhook bodies, `batch`
+    statuses in each, to `POST /v1/inbound/whatsapp` (which also stores every body)."""
+
+    def next(self) -> tuple[bytes, int]:
+        n = len(self.wamids)
+        statuses = []
+        for _ in range(self.batch):
+            pass_no, index = divmod(self.cursor, n)
+            self.cursor += 1
+            if pass_no >= len(RECEIPT_STATUSES):
+                self.stale += 1
+            status = RECEIPT_STATUSES[min(pass_no, len(RECEIPT_STATUSES) - 1)]
+            statuses.append(
+                {
+                    "id": self.wamids[index],
+                    "status": status,
+                    "timestamp": str(int(self.base.timestamp()) + pass_no),
+                    "recipient_id": "5511900000000",
+                }
+            )
+        value = {
+            "messaging_product": "whatsapp",
+            "metadata": {
+                "display_phone_number": BUSINESS_DISPLAY_NUMBER,
+                "phone_number_id": BUSINESS_NUMBER_ID,
+            },
+            "statuses": statuses,
+        }
+        webhook = {
+            "object": "whatsapp_business_account",
+            "entry": [{"id": "100200300400500", "changes": [{"value": value, "field": "messages"}]}],
+        }
+        body = json.dumps(webhook, separators=(",", ":")).encode()
+        return encode_request(
+            "POST", "/v1/inbound/whatsapp", self.host, token=self.token, body=body
+        ), self.batch
+
+
 SOURCES: dict[str, type[Baseline] | type[Lookup] | type[Inbound] | type[Receipts]] = {
     "baseline": Baseline,
     "lookup": Lookup,
     "inbound": Inbound,
     "receipts": Receipts,
+    "webhook": WebhookStatuses,
 }
 
 
