@@ -156,17 +156,24 @@ class Receipts:
         self.stale = 0
         self.outcomes: Counter[str] = Counter()
 
-    def next(self) -> tuple[bytes, int]:
+    def _next_batch(self) -> list[tuple[str, str, dt.datetime]]:
+        """(wamid, status, time) of the next `batch` statuses."""
         n = len(self.wamids)
-        receipts = []
+        batch = []
         for _ in range(self.batch):
             pass_no, index = divmod(self.cursor, n)
             self.cursor += 1
             if pass_no >= len(RECEIPT_STATUSES):
                 self.stale += 1
             status = RECEIPT_STATUSES[min(pass_no, len(RECEIPT_STATUSES) - 1)]
-            at = (self.base + dt.timedelta(seconds=pass_no)).isoformat()
-            receipts.append({"wamid": self.wamids[index], "status": status, "at": at})
+            batch.append((self.wamids[index], status, self.base + dt.timedelta(seconds=pass_no)))
+        return batch
+
+    def next(self) -> tuple[bytes, int]:
+        receipts = [
+            {"wamid": wamid, "status": status, "at": at.isoformat()}
+            for wamid, status, at in self._next_batch()
+        ]
         body = json.dumps({"receipts": receipts}, separators=(",", ":")).encode()
         return encode_request("POST", "/v1/receipts", self.host, token=self.token, body=body), self.batch
 
@@ -188,22 +195,15 @@ class WebhookStatuses(Receipts):
     statuses in each, to `POST /v1/inbound/whatsapp` (which also stores every body)."""
 
     def next(self) -> tuple[bytes, int]:
-        n = len(self.wamids)
-        statuses = []
-        for _ in range(self.batch):
-            pass_no, index = divmod(self.cursor, n)
-            self.cursor += 1
-            if pass_no >= len(RECEIPT_STATUSES):
-                self.stale += 1
-            status = RECEIPT_STATUSES[min(pass_no, len(RECEIPT_STATUSES) - 1)]
-            statuses.append(
-                {
-                    "id": self.wamids[index],
-                    "status": status,
-                    "timestamp": str(int(self.base.timestamp()) + pass_no),
-                    "recipient_id": "5511900000000",
-                }
-            )
+        statuses = [
+            {
+                "id": wamid,
+                "status": status,
+                "timestamp": str(int(at.timestamp())),
+                "recipient_id": "5511900000000",
+            }
+            for wamid, status, at in self._next_batch()
+        ]
         value = {
             "messaging_product": "whatsapp",
             "metadata": {

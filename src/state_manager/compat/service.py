@@ -121,7 +121,7 @@ def legacy_status(state: ConversationState) -> str:
 async def health_report(services: Services) -> tuple[int, dict[str, Any]]:
     """The old `/health` body, from the same checks as `/health/ready`. No queues are consumed here."""
     (_, database), (_, cache) = await asyncio.gather(
-        health._check("database", services.db.ping), health._check("cache", services.cache.ping)
+        health.run_check("database", services.db.ping), health.run_check("cache", services.cache.ping)
     )
     if database["status"] != "ok":
         status = "unhealthy"

@@ -22,7 +22,7 @@ async def live() -> dict[str, str]:
     return {"status": "ok"}
 
 
-async def _check(name: str, probe: Any) -> tuple[str, dict[str, Any]]:
+async def run_check(name: str, probe: Any) -> tuple[str, dict[str, Any]]:
     try:
         seconds = await asyncio.wait_for(probe(), CHECK_TIMEOUT_SECONDS)
     except Exception as exc:
@@ -38,8 +38,8 @@ async def _check(name: str, probe: Any) -> tuple[str, dict[str, Any]]:
 async def ready(services: ServicesDep) -> Response:
     results = dict(
         await asyncio.gather(
-            _check("database", services.db.ping),
-            _check(f"cache ({services.cache.name})", services.cache.ping),
+            run_check("database", services.db.ping),
+            run_check(f"cache ({services.cache.name})", services.cache.ping),
         )
     )
     failed = [name for name, result in results.items() if result["status"] != "ok"]
