@@ -111,3 +111,25 @@ def test_bad_or_unknown_events(tenant: Tenant, other_tenant: Tenant) -> None:
     # Another tenant's Genesys conversation is unknown to this tenant.
     theirs = {"type": "customer_ended", "at": T.format(1), "genesys_conversation_id": genesys}
     assert_problem(other_tenant.client.post("/v1/events/genesys", json=theirs), 404)
+
+
+def test_late_agent_events_and_wrapups_do_not_undo_newer_ones(tenant: Tenant) -> None:
+    conversation_id, genesys = linked_conversation(tenant)
+    base = {"genesys_conversation_id": genesys}
+    event(tenant, type="agent_connected", at=T.format(1), agent_id="a-1", **base)
+    event(tenant, type="agent_disconnected", at=T.format(3), agent_id="a-1", **base)
+    # The connect is delivered again after the disconnect: the agent does not come back.
+    late = event(tenant, type="agent_connected", at=T.format(1), agent_id="a-1", **base)
+    assert (late["outcome"], late["conversation_state"]) == ("unchanged", "waiting")
+    assert agents(tenant, conversation_id) == [("a-1", False)]
+    # A new connect, later than the disconnect, does.
+    back = event(tenant, type="agent_connected", at=T.format(4), agent_id="a-1", **base)
+    assert (back["outcome"], back["conversation_state"]) == ("applied", "active")
+
+    first = {"type": "wrapup", "at": T.format(5), "wrapup_code": "A", "wrapup_notes": "n"} | base
+    second = {"type": "wrapup", "at": T.format(6), "wrapup_code": "B"} | base
+    assert event(tenant, **first)["outcome"] == "applied"
+    assert event(tenant, **second)["outcome"] == "applied"
+    assert event(tenant, **first)["outcome"] == "unchanged"  # older than the one kept
+    wrapup = ok(tenant.client.get(f"/v1/conversations/{conversation_id}"))["metadata"]["wrapup"]
+    assert (wrapup["code"], "notes" in wrapup) == ("B", False)  # replaced whole, not merged

@@ -275,3 +275,22 @@ def test_first_message_creates_the_customer_with_its_phone_identity(tenant: Tena
     assert (elsewhere["customer_created"], elsewhere["conversation_created"]) == (False, True)
     assert elsewhere["customer_id"] == first["customer_id"]
     assert elsewhere["conversation_id"] != first["conversation_id"]
+
+
+def test_a_repeat_after_the_conversation_ended_opens_nothing(tenant: Tenant) -> None:
+    client = tenant.client
+    wa = wa_id()
+    the_wamid = wamid()
+    first = inbound(client, wa, wamid_=the_wamid, status=201)
+    assert transition(client, first["conversation_id"], "closed", "resolved").status_code == 200
+    repeat = inbound(client, wa, wamid_=the_wamid, status=200)
+    assert repeat["duplicate"] is True
+    assert (repeat["conversation_id"], repeat["message_id"]) == (
+        first["conversation_id"],
+        first["message_id"],
+    )
+    assert (repeat["conversation_state"], repeat["conversation_created"]) == ("closed", False)
+    # No empty conversation was opened: the customer has exactly the one, closed.
+    listed = ok(client.get("/v1/conversations", params={"customer_id": first["customer_id"]}))["items"]
+    assert [c["id"] for c in listed] == [first["conversation_id"]]
+    assert client.get("/v1/conversations/open", params={"wa_id": wa}).status_code == 404

@@ -30,6 +30,8 @@ from state_manager.settings import Settings
 log = logging.getLogger("state_manager.cache")
 
 CHANNEL = "sm:invalidate"
+PUBLISH_TIMEOUT = 1.0  # seconds
+PUBLISH_ATTEMPTS = 4
 _SEPARATOR = "\x1f"
 _touched: ContextVar[set[tuple[str, uuid.UUID]] | None] = ContextVar("touched_customers", default=None)
 
@@ -73,7 +75,9 @@ class InvalidationBus:
 class RedisBus(InvalidationBus):
     def __init__(self, reads: ReadCache, url: str) -> None:
         super().__init__(reads)
+        # The subscription waits for messages indefinitely; publishing must never hold a request.
         self._redis = Redis.from_url(url, socket_connect_timeout=1.0, health_check_interval=10)
+        self._publisher = Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=PUBLISH_TIMEOUT)
         self._listener: asyncio.Task[None] | None = None
         self._pending: set[tuple[str, uuid.UUID]] = set()
         self._batch: asyncio.Future[None] | None = None
@@ -93,6 +97,7 @@ class RedisBus(InvalidationBus):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
         await self._redis.aclose()
+        await self._publisher.aclose()
 
     async def publish(self, customers: set[tuple[str, uuid.UUID]]) -> None:
         """Returns once Redis has taken the invalidation (or failed to).
@@ -107,24 +112,38 @@ class RedisBus(InvalidationBus):
             asyncio.get_running_loop().call_soon(self._send_batch)
         await asyncio.shield(self._batch)
 
-    def _send_batch(self) -> None:
+    def _send_batch(self, attempt: int = 1) -> None:
         customers, batch = self._pending, self._batch
         self._pending, self._batch = set(), None
-        assert batch is not None
+        if not customers:  # a retry already took them
+            if batch is not None:
+                batch.set_result(None)
+            return
         payload = "\n".join(f"{tenant}{_SEPARATOR}{customer}" for tenant, customer in customers)
-        task = asyncio.ensure_future(self._redis.publish(CHANNEL, payload))
+        task = asyncio.ensure_future(self._publisher.publish(CHANNEL, payload))
         self._in_flight.add(task)  # the loop keeps only weak references to tasks
-        task.add_done_callback(lambda done: self._sent(done, batch))
+        task.add_done_callback(lambda done: self._sent(done, batch, customers, attempt))
 
-    def _sent(self, done: asyncio.Future[object], batch: asyncio.Future[None]) -> None:
+    def _sent(
+        self,
+        done: asyncio.Future[object],
+        batch: asyncio.Future[None] | None,
+        customers: set[tuple[str, uuid.UUID]],
+        attempt: int,
+    ) -> None:
         self._in_flight.discard(done)
-        if done.cancelled() or done.exception() is not None:
-            # The other processes cannot be told; their subscriptions are most likely down too (and
-            # their caches off). Our own cache stays off until we are sure we hear every change again.
-            log.warning("could not publish cache invalidations; read cache off until Redis is back")
-            self.reads.enabled = False
-            self.reads.clear()
-        batch.set_result(None)
+        if batch is not None:
+            batch.set_result(None)  # the requests go on either way: their own process is up to date
+        if not done.cancelled() and done.exception() is None:
+            return
+        # Other workers that are still subscribed would keep stale entries: try again, a few times (a
+        # Redis that stays away has dropped their subscriptions too, and with them their caches).
+        if attempt >= PUBLISH_ATTEMPTS:
+            log.error("cache invalidations for %d customer(s) could not be published", len(customers))
+            return
+        log.warning("could not publish cache invalidations (attempt %d); retrying", attempt)
+        self._pending.update(customers)
+        asyncio.get_running_loop().call_later(0.2 * 2**attempt, self._send_batch, attempt + 1)
 
     async def _listen(self) -> None:
         delay = 0.1

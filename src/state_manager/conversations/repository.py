@@ -40,8 +40,13 @@ def _later(column: Any, at: dt.datetime) -> ColumnElement[Any]:
     return case((or_(column.is_(None), column < at), at), else_=column)
 
 
-async def get(conn: AsyncConnection, tenant_id: str, conversation_id: uuid.UUID) -> RowMapping | None:
+async def get(
+    conn: AsyncConnection, tenant_id: str, conversation_id: uuid.UUID, *, for_update: bool = False
+) -> RowMapping | None:
+    """The conversation; `for_update` locks it until the transaction ends (read-modify-write)."""
     query = select(conversations).where(c.tenant_id == tenant_id, c.id == conversation_id)
+    if for_update:
+        query = query.with_for_update()
     found: RowMapping | None = (await conn.execute(query)).mappings().first()
     return found
 
@@ -109,6 +114,11 @@ async def insert_open(conn: AsyncConnection, tenant_id: str, values: dict[str, A
     if found is not None:
         customer_changed(tenant_id, found["customer_id"])
     return found
+
+
+async def delete(conn: AsyncConnection, tenant_id: str, conversation_id: uuid.UUID) -> None:
+    """Only for a conversation this transaction created and must undo (its state changes go with it)."""
+    await conn.execute(conversations.delete().where(c.tenant_id == tenant_id, c.id == conversation_id))
 
 
 async def update_versioned(

@@ -38,8 +38,10 @@ def to_read(row: RowMapping) -> ConversationRead:
     return ConversationRead.model_validate(dict(row))
 
 
-async def require(conn: AsyncConnection, tenant_id: str, conversation_id: uuid.UUID) -> RowMapping:
-    row = await repo.get(conn, tenant_id, conversation_id)
+async def require(
+    conn: AsyncConnection, tenant_id: str, conversation_id: uuid.UUID, *, for_update: bool = False
+) -> RowMapping:
+    row = await repo.get(conn, tenant_id, conversation_id, for_update=for_update)
     if row is None:
         raise NotFound(f"conversation {conversation_id} not found")
     return row
@@ -190,7 +192,8 @@ async def update(
     data: ConversationUpdate,
     expected: int | None,
 ) -> ConversationRead:
-    row = await require(conn, tenant_id, conversation_id)
+    # Locked: a write that names no version must not fail because a message bumped it meanwhile.
+    row = await require(conn, tenant_id, conversation_id, for_update=True)
     _check_version(row, expected)
     given = data.model_dump(exclude_unset=True)
     values: dict[str, Any] = {}
@@ -224,7 +227,7 @@ async def transition(
     request: TransitionRequest,
     expected: int | None,
 ) -> ConversationRead:
-    row = await require(conn, tenant_id, conversation_id)
+    row = await require(conn, tenant_id, conversation_id, for_update=True)
     _check_version(row, expected)
     current = ConversationState(row["state"])
     target = request.state

@@ -49,9 +49,14 @@ async def handle(conn: AsyncConnection, tenant_id: str, event: GenesysEvent) -> 
         given = {"code": event.wrapup_code, "notes": event.wrapup_notes, "agent_id": event.agent_id}
         # Without empty fields: a merge patch (RFC 7396) drops nulls, and a repeat must compare equal.
         wrapup = {k: v for k, v in given.items() if v is not None} | {"at": event.at.isoformat()}
-        changed = conversation.metadata.get("wrapup") != wrapup
+        current = conversation.metadata.get("wrapup")
+        current = current if isinstance(current, dict) else {}
+        # A late, older wrap-up does not replace a newer one (UTC ISO times sort as text).
+        changed = current != wrapup and str(current.get("at", "")) <= wrapup["at"]
         if changed:
-            update = ConversationUpdate(metadata={"wrapup": wrapup})
+            # Replaced whole: the merge patch removes the old fields the new wrap-up does not have.
+            replacement = {key: None for key in current if key not in wrapup} | wrapup
+            update = ConversationUpdate(metadata={"wrapup": replacement})
             conversation = await conversations.update(conn, tenant_id, conversation.id, update, None)
     else:
         changed = conversation.state not in FINAL_STATES
@@ -71,6 +76,15 @@ async def _agent_connected(
     if conversation.state in FINAL_STATES:
         return conversation, False
     assert event.agent_id is not None
+    seen = [
+        p
+        for p in await conversations.participants(conn, tenant_id, conversation.id)
+        if p.role == "agent" and p.participant_ref == event.agent_id
+    ]
+    if any(p.joined_at >= event.at or (p.left_at is not None and p.left_at >= event.at) for p in seen):
+        # A repeat, or older than what is known of this agent (a connect that arrives after the
+        # disconnect that followed it): it must not bring the agent back.
+        return conversation, False
     _, joined = await conversations.add_participant(
         conn,
         tenant_id,

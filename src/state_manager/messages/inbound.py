@@ -92,7 +92,7 @@ class PostgresInboundRecorder(InboundRecorder):
                     now,
                     REPLY_WINDOW,
                 )
-            except asyncpg.SerializationError as exc:
+            except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError) as exc:
                 raise Unavailable(
                     "the conversation kept changing while it was being opened; retry",
                     headers={"Retry-After": RETRY_AFTER_SECONDS},

@@ -108,17 +108,19 @@ async def list_page(
 
 
 async def lock_for_receipts(
-    conn: AsyncConnection, tenant_id: str, kind: str, external_ids: Sequence[str]
+    conn: AsyncConnection, tenant_id: str, wamids: Sequence[str], genesys_ids: Sequence[str]
 ) -> Sequence[RowMapping]:
-    """The messages named by receipts, locked in a fixed order so that concurrent batches cannot deadlock."""
-    if not external_ids:
+    """The messages named by receipts (by either ID), locked in one statement in ID order, so that
+    concurrent batches cannot deadlock, whichever IDs they name the messages by."""
+    named = []
+    if wamids:
+        named.append(m.wamid.in_(wamids))
+    if genesys_ids:
+        named.append(m.genesys_message_id.in_(genesys_ids))
+    if not named:
         return []
-    column = _id_column(kind)
     query = (
-        select(*RECEIPT_COLUMNS)
-        .where(m.tenant_id == tenant_id, column.in_(external_ids))
-        .order_by(m.id)
-        .with_for_update()
+        select(*RECEIPT_COLUMNS).where(m.tenant_id == tenant_id, or_(*named)).order_by(m.id).with_for_update()
     )
     return (await conn.execute(query)).mappings().all()
 

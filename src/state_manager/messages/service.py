@@ -187,6 +187,11 @@ async def record_inbound(conn: AsyncConnection, tenant_id: str, data: InboundMes
     wa_id = customers.normalized(
         IdentityIn(channel=IdentityChannel.WHATSAPP, external_id=data.wa_id), "wa_id"
     )[1]
+    # A repeat of a message already recorded changes nothing, even if its conversation has ended since:
+    # it must not open a new one.
+    existing = await repo.existing_for(conn, tenant_id, data.wamid, None)
+    if existing is not None:
+        return await _repeat(conn, tenant_id, existing)
     now = utcnow()
     at = data.occurred_at or now
     found = await repo.inbound_context(conn, tenant_id, wa_id, data.business_number_id)
@@ -217,6 +222,11 @@ async def record_inbound(conn: AsyncConnection, tenant_id: str, data: InboundMes
     values = _message_values(data, conversation_id=conversation_id, direction=Direction.INBOUND, now=now)
     values |= {"wamid": data.wamid, "genesys_message_id": None, "sender_type": "customer", "sender_id": wa_id}
     row, created = await _insert_once(conn, tenant_id, values, now=now)
+    if not created:
+        # Recorded meanwhile by a concurrent call: undo the conversation this one opened (still private).
+        if conversation_created:
+            await conversations_repo.delete(conn, tenant_id, conversation_id)
+        return await _repeat(conn, tenant_id, row)
     return InboundRecorded(
         customer_id=customer_id,
         customer_created=customer_created,
@@ -226,6 +236,21 @@ async def record_inbound(conn: AsyncConnection, tenant_id: str, data: InboundMes
         genesys_conversation_id=genesys_id,
         message_id=row["id"],
         duplicate=not created,
+    )
+
+
+async def _repeat(conn: AsyncConnection, tenant_id: str, message: RowMapping) -> InboundRecorded:
+    """The answer to a message recorded before: its own conversation as it is now."""
+    conversation = await conversations.require(conn, tenant_id, message["conversation_id"])
+    return InboundRecorded(
+        customer_id=conversation["customer_id"],
+        customer_created=False,
+        conversation_id=conversation["id"],
+        conversation_created=False,
+        conversation_state=ConversationState(conversation["state"]),
+        genesys_conversation_id=conversation["genesys_conversation_id"],
+        message_id=message["id"],
+        duplicate=True,
     )
 
 
@@ -281,9 +306,10 @@ async def link_ids(conn: AsyncConnection, tenant_id: str, message_id: uuid.UUID,
             )
         values[field] = new
     if values:
-        await _lock_external_ids(
-            conn, tenant_id, [(kind, values[field]) for kind, field in _ID_FIELDS if field in values]
-        )
+        # Every ID the message will have, in one sorted call before its row is locked: `_apply_held` asks
+        # for the same locks, and a receipt naming the old ID takes them before the row (no deadlock).
+        every_id = [(kind, values.get(field) or row[field]) for kind, field in _ID_FIELDS]
+        await _lock_external_ids(conn, tenant_id, [(kind, value) for kind, value in every_id if value])
         row = await repo.set_external_ids(conn, tenant_id, message_id, values, utcnow())
         row = await _apply_held(conn, tenant_id, row)
     return to_read(row)
@@ -332,10 +358,11 @@ async def apply_receipts(
         conn, tenant_id, [(kind, external_id) for kind, external_id in keyed if external_id]
     )
     by_key: dict[tuple[str, str], RowMapping] = {}
-    for kind in ID_KINDS:
-        wanted = sorted({external_id for k, external_id in keyed if k == kind and external_id})
-        for locked in await repo.lock_for_receipts(conn, tenant_id, kind, wanted):
-            by_key[(kind, locked["wamid"] if kind == "wamid" else locked["genesys_message_id"])] = locked
+    wanted = {kind: sorted({value for k, value in keyed if k == kind and value}) for kind in ID_KINDS}
+    for locked in await repo.lock_for_receipts(conn, tenant_id, wanted["wamid"], wanted["genesys"]):
+        for kind, field in _ID_FIELDS:
+            if locked[field] is not None:
+                by_key[(kind, locked[field])] = locked
     times: dict[uuid.UUID, StatusTimes] = {}
     rows: dict[uuid.UUID, RowMapping] = {}
     results: list[ReceiptResult] = []

@@ -69,6 +69,17 @@ BEGIN
     -- Row-level security for the rest of this statement's transaction.
     PERFORM set_config('app.tenant_id', p_tenant_id, true);
 
+    -- A repeat of a message already recorded changes nothing, even if its conversation has ended since:
+    -- it must not open a new one.
+    RETURN QUERY
+        SELECT cv.customer_id, false, cv.id, false, cv.state::text, cv.genesys_conversation_id::text, m.id, true
+          FROM messages m
+          JOIN conversations cv ON cv.tenant_id = m.tenant_id AND cv.id = m.conversation_id
+         WHERE m.tenant_id = p_tenant_id AND m.wamid = p_wamid;
+    IF FOUND THEN
+        RETURN;
+    END IF;
+
     SELECT ci.customer_id INTO v_customer
       FROM customer_identities ci
      WHERE ci.tenant_id = p_tenant_id AND ci.channel = 'whatsapp' AND ci.external_id = p_wa_id;
@@ -108,12 +119,15 @@ BEGIN
     -- The open conversation on this business number, created if there is none; the partial unique index
     -- decides a race, and the loop reads the winner.
     LOOP
+        -- Locked, so that a close committing meanwhile is seen (the row then no longer matches and a new
+        -- conversation is opened) instead of the message landing in a closed conversation.
         SELECT cv.id, cv.state, cv.genesys_conversation_id INTO v_conversation, v_state, v_genesys
           FROM conversations cv
          WHERE cv.tenant_id = p_tenant_id
            AND cv.customer_id = v_customer
            AND cv.business_number_id = p_business_number_id
-           AND cv.state IN ('active', 'error', 'pending', 'waiting');
+           AND cv.state IN ('active', 'error', 'pending', 'waiting')
+           FOR NO KEY UPDATE;
         EXIT WHEN v_conversation IS NOT NULL;
         INSERT INTO conversations (tenant_id, id, customer_id, channel, business_number_id,
                                    business_display_number, state, state_reason, state_changed_at,
@@ -154,11 +168,15 @@ BEGIN
     RETURNING id INTO v_inserted;
 
     IF v_inserted IS NULL THEN
-        -- A repeat of a message already recorded: its own conversation and ID, nothing changes.
+        -- The same message, recorded by a concurrent call that committed first. Undo what this call
+        -- created (still private to it) and answer as for any repeat.
+        IF v_conversation_created THEN
+            DELETE FROM conversations WHERE tenant_id = p_tenant_id AND id = v_conversation;
+        END IF;
         RETURN QUERY
-            SELECT v_customer, v_customer_created, m.conversation_id, v_conversation_created, v_state,
-                   v_genesys, m.id, true
+            SELECT cv.customer_id, false, cv.id, false, cv.state::text, cv.genesys_conversation_id::text, m.id, true
               FROM messages m
+              JOIN conversations cv ON cv.tenant_id = m.tenant_id AND cv.id = m.conversation_id
              WHERE m.tenant_id = p_tenant_id AND m.wamid = p_wamid;
         RETURN;
     END IF;
