@@ -3,7 +3,8 @@
 Refused with a 422 naming the field, on every backend alike:
 - NaN and Infinity (not JSON);
 - NUL characters: PostgreSQL's text and jsonb cannot hold them (the embedded SQLite could);
-- integers beyond 64 bits: orjson would round them to a float, so a stored ID would silently change.
+- integers beyond 64 bits: orjson would round them to a float, so a stored ID would silently change;
+- nesting deeper than MAX_DEPTH levels: it could be stored, but not read back.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ _ESCAPED_NUL = b"\\u0000"
 # An integer needs more than 64 bits only with 19 digits or more; anything shorter takes the fast path.
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")
 _INT64 = range(-(2**63), 2**63)
+MAX_DEPTH = 32  # levels of objects and arrays in a request body
 
 _Path = tuple[str | int, ...]
 
@@ -75,21 +77,39 @@ def _refuse(found: tuple[_Path, str, str]) -> ValidationFailed:
     )
 
 
+def _check_depth(document: Any) -> None:
+    """Refuses documents nested deeper than MAX_DEPTH: stored, they could not be read back (serialisers
+    stop at a few hundred levels). Walks containers only, without recursion."""
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValidationFailed(f"the body is nested more than {MAX_DEPTH} levels deep")
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+
+
 def parse_body(body: bytes) -> Any:
     """The parsed document, or ValidationFailed; malformed JSON raises json.JSONDecodeError."""
     if _LONG_DIGITS.search(body):
         # Rare: parse exactly (Python ints) so that a big integer is refused instead of rounded.
         try:
             document = json.loads(body, parse_constant=_refuse_constant)
+        except RecursionError as exc:
+            raise ValidationFailed(f"the body is nested more than {MAX_DEPTH} levels deep") from exc
         except ValueError as exc:
             if isinstance(exc, json.JSONDecodeError):
                 raise
             raise ValidationFailed(f"the body holds a number that is too long: {exc}") from exc
+        if isinstance(document, dict | list):
+            _check_depth(document)
         if (found := _first_refused(document)) is not None:
             raise _refuse(found)
         return document
     # orjson refuses NaN/Infinity and lone surrogates; its JSONDecodeError is json.JSONDecodeError.
     document = orjson.loads(body)
+    if isinstance(document, dict | list):
+        _check_depth(document)
     # JSON can only carry NUL escaped, so the byte scan skips the walk for almost every body.
     if _ESCAPED_NUL in body and (found := _first_refused(document)) is not None:
         raise _refuse(found)

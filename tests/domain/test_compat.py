@@ -456,3 +456,28 @@ def test_errors_are_old_json_never_html(tenant: Tenant) -> None:
     # The rest of the service keeps its problem+json errors.
     response = client.get("/v1/messages/not-a-uuid")
     assert response.headers["content-type"].startswith("application/problem+json")
+
+
+def test_inputs_found_by_review_are_400_or_409_never_500(tenant: Tenant) -> None:
+    client = tenant.client
+    conv = conversation(tenant)
+    # Nested too deep to be read back once stored: refused before anything is written.
+    deep: Any = 1
+    for _ in range(300):
+        deep = [deep]
+    legacy_error(client.post(f"/state/context/{conv['genesys_id']}", json={"context": deep}), 400)
+    assert ok(client.get(f"/state/context/{conv['genesys_id']}")) == {"context": None}
+    very_deep = "[" * 5000 + "1" + "]" * 5000
+    raw = '{"wamid": "w.deep", "mappingId": "%s", "metadata": {"a": %s, "n": 12345678901234567890123}}'
+    body = raw % (conv["id"], very_deep)
+    headers = {"Content-Type": "application/json"}
+    legacy_error(client.post("/state/message", content=body, headers=headers), 400)
+    # An offset beyond any page.
+    path = f"/state/conversation/{conv['genesys_id']}/messages"
+    legacy_error(client.get(path, params={"offset": "99999999999999999999"}), 400)
+    # A Genesys message ID already tracked under another wamid: refused, nothing recorded or held.
+    first = {"wamid": wamid(), "mappingId": conv["id"], "genesysMessageId": "gm-review-1"}
+    ok(client.post("/state/message", json=first))
+    second = first | {"wamid": wamid(), "status": "read"}
+    legacy_error(client.post("/state/message", json=second), 409)
+    assert client.get(f"/v1/messages/by-wamid/{second['wamid']}").status_code == 404

@@ -275,6 +275,9 @@ async def correlate(conn: AsyncConnection, tenant_id: str, body: Mapping[str, An
 # Messages
 
 
+MAX_OFFSET = 2**31  # far beyond any page a caller reads; keeps the value in range for the driver
+
+
 def page_window(query: Mapping[str, str]) -> tuple[int, int]:
     """`limit` (0 to MAX_LIMIT; larger is capped) and `offset` (0 or more) from the query string."""
     values = []
@@ -287,8 +290,8 @@ def page_window(query: Mapping[str, str]) -> tuple[int, int]:
             value = int(raw)
         except ValueError:
             value = -1
-        if value < 0:
-            raise BadRequest(f"{name} must be a whole number, 0 or more; not {raw!r}")
+        if not 0 <= value <= MAX_OFFSET:
+            raise BadRequest(f"{name} must be a whole number from 0 to {MAX_OFFSET}; not {raw!r}")
         values.append(value)
     limit, offset = values
     return min(limit, MAX_LIMIT), offset
@@ -402,6 +405,9 @@ async def track_message(conn: AsyncConnection, tenant_id: str, body: Mapping[str
         message, created = await messages.record(conn, tenant_id, track.mappingId, record)
     except NotFound as exc:
         raise CompatError(404, "Mapping not found") from exc
+    if message.wamid != track.wamid:
+        # Found by its Genesys ID, but it is another message: nothing was recorded under this wamid.
+        raise CompatError(409, "genesysMessageId is already tracked for another message", id=str(message.id))
     if receipt is not None:
         at = track.timestamp or utcnow()
         await messages.apply_receipts(conn, tenant_id, [ReceiptIn(wamid=track.wamid, status=receipt, at=at)])
