@@ -76,7 +76,6 @@ class TenantScope:
 
     tenant_id: str
     db: Database
-    cache: Cache
     bus: InvalidationBus
 
     @property
@@ -108,7 +107,7 @@ async def get_tenant_scope(request: Request) -> TenantScope:
         _presented_key(headers.get("authorization"), headers.get("x-api-key"))
     )
     tenant_id = await services.auth.tenant_for(principal, headers.get("x-tenant-id"))
-    return TenantScope(tenant_id=tenant_id, db=services.db, cache=services.cache, bus=services.bus)
+    return TenantScope(tenant_id=tenant_id, db=services.db, bus=services.bus)
 
 
 TenantDep = Annotated[TenantScope, Depends(get_tenant_scope)]

@@ -1,5 +1,7 @@
-"""A byte-value cache with TTLs. Redis when REDIS_URL is set, an in-process LRU otherwise.
+"""The shared cache server, if any: Redis when REDIS_URL is set, nothing to reach otherwise.
 
+What is cached lives in each process (`reads.py`); Redis carries the invalidations between processes
+(`invalidation.py`). This handle is what readiness checks: `/health/ready` names it.
 Keys always start with the tenant: use `key(tenant_id, kind, id)`.
 """
 
@@ -16,15 +18,6 @@ def key(tenant_id: str, kind: str, *parts: str) -> str:
 
 class Cache(abc.ABC):
     name: str
-
-    @abc.abstractmethod
-    async def get(self, key: str) -> bytes | None: ...
-
-    @abc.abstractmethod
-    async def set(self, key: str, value: bytes, ttl_seconds: float) -> None: ...
-
-    @abc.abstractmethod
-    async def delete(self, *keys: str) -> None: ...
 
     @abc.abstractmethod
     async def ping(self) -> float:

@@ -20,17 +20,6 @@ class RedisCache(Cache):
             health_check_interval=30,
         )
 
-    async def get(self, key: str) -> bytes | None:
-        value: bytes | None = await self._redis.get(key)
-        return value
-
-    async def set(self, key: str, value: bytes, ttl_seconds: float) -> None:
-        await self._redis.set(key, value, px=max(1, int(ttl_seconds * 1000)))
-
-    async def delete(self, *keys: str) -> None:
-        if keys:
-            await self._redis.delete(*keys)
-
     async def ping(self) -> float:
         started = time.perf_counter()
         await self._redis.ping()

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import Table, text
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
@@ -34,10 +34,6 @@ class Database(abc.ABC):
         self, tenant_id: str | None, write: bool
     ) -> Any:  # an async context manager yielding an AsyncConnection
         ...
-
-    @abc.abstractmethod
-    def insert(self, table: Table) -> Any:
-        """The dialect's own INSERT, so that `on_conflict_do_nothing/update` work on both."""
 
     @asynccontextmanager
     async def transaction(

@@ -7,8 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
-from sqlalchemy import Table, event, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import event, text
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
@@ -44,9 +43,6 @@ class PostgresDatabase(Database):
                 cursor = dbapi_connection.cursor()
                 cursor.execute(f"SET ROLE {APP_ROLE}")
                 cursor.close()
-
-    def insert(self, table: Table) -> Any:
-        return pg_insert(table)
 
     @asynccontextmanager
     async def _begin(self, tenant_id: str | None, write: bool) -> AsyncIterator[AsyncConnection]:

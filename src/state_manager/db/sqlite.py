@@ -11,8 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, event
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
@@ -62,9 +61,6 @@ class SqliteDatabase(Database):
         @event.listens_for(self.engine.sync_engine, "begin")
         def _begin(conn: Connection) -> None:
             conn.exec_driver_sql(conn.get_execution_options().get(BEGIN_MODE, "BEGIN"))
-
-    def insert(self, table: Table) -> Any:
-        return sqlite_insert(table)
 
     @asynccontextmanager
     async def _begin(self, tenant_id: str | None, write: bool) -> AsyncIterator[AsyncConnection]:
