@@ -30,8 +30,10 @@ import pytest
 
 from harness import (
     PG_ADMIN_DSN,
+    RABBITMQ_URL,
     REDIS_URL,
     Api,
+    Broker,
     Server,
     ServerProcess,
     clean_env,
@@ -40,6 +42,8 @@ from harness import (
     drop_database,
     in_ci,
     postgres_problem,
+    queue_env,
+    rabbitmq_problem,
     redis_problem,
     run_cli,
     server_env,
@@ -124,14 +128,52 @@ def redis_url() -> str | None:
     return None
 
 
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> str | None:
+    """RabbitMQ for the servers' queue consumers; without it they run without (the queue tests skip)."""
+    problem = rabbitmq_problem()
+    if problem is None:
+        return RABBITMQ_URL
+    if in_ci():
+        pytest.fail(f"RabbitMQ unreachable at {RABBITMQ_URL} ({problem}) — CI=true, so this is a failure")
+    _UNAVAILABLE["RabbitMQ"] = f"RabbitMQ unreachable at {RABBITMQ_URL} ({problem})"
+    return None
+
+
+def _queues_of(backend: str, rabbitmq_url: str | None) -> Iterator[dict[str, str]]:
+    """The server's queue settings (its own queue names), and the queues deleted when the session ends."""
+    if rabbitmq_url is None:
+        yield {}
+        return
+    env = queue_env(f"smtest-{os.getpid()}-{backend}.", rabbitmq_url)
+    yield env
+    broker = Broker(env, rabbitmq_url)
+    try:
+        broker.delete_queues()
+    finally:
+        broker.close()
+
+
 # --- Servers -----------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
-def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def sqlite_queues(rabbitmq_url: str | None) -> Iterator[dict[str, str]]:
+    yield from _queues_of("sqlite", rabbitmq_url)
+
+
+@pytest.fixture(scope="session")
+def postgres_queues(rabbitmq_url: str | None) -> Iterator[dict[str, str]]:
+    yield from _queues_of("postgres", rabbitmq_url)
+
+
+@pytest.fixture(scope="session")
+def sqlite_server(
+    tmp_path_factory: pytest.TempPathFactory, sqlite_queues: dict[str, str]
+) -> Iterator[Server]:
     workdir = tmp_path_factory.mktemp("sqlite-server")
     process = ServerProcess(
-        "sqlite", server_env(workdir, f"sqlite+aiosqlite:///{workdir / 'sm.db'}"), workdir
+        "sqlite", server_env(workdir, f"sqlite+aiosqlite:///{workdir / 'sm.db'}", **sqlite_queues), workdir
     )
     process.start()
     try:
@@ -145,10 +187,15 @@ def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="session")
 def postgres_server(
-    postgres_url: str, redis_url: str | None, tmp_path_factory: pytest.TempPathFactory
+    postgres_url: str,
+    redis_url: str | None,
+    postgres_queues: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
     workdir = tmp_path_factory.mktemp("postgres-server")
-    env = server_env(workdir, postgres_url, **({"REDIS_URL": redis_url} if redis_url else {}))
+    env = server_env(
+        workdir, postgres_url, **({"REDIS_URL": redis_url} if redis_url else {}), **postgres_queues
+    )
     created = cli_json("keys", "create", "--kind", "admin", "--name", "test harness", env=env, cwd=workdir)
     cli_json(
         "tenants", "create", "harness", "--organization", "harness", "--name", "Harness",
@@ -180,3 +227,21 @@ def api(server: Server) -> Iterator[Api]:
 def workdir(tmp_path: Path) -> Path:
     """A directory to run CLI commands and extra servers in (no stray .env is read there)."""
     return tmp_path
+
+
+@pytest.fixture
+def rabbitmq(rabbitmq_url: str | None) -> str:
+    """RabbitMQ's URL, for a test that cannot run without it."""
+    if rabbitmq_url is None:
+        unavailable("RabbitMQ", _UNAVAILABLE["RabbitMQ"])
+    return rabbitmq_url or RABBITMQ_URL
+
+
+@pytest.fixture
+def broker(server: Server, rabbitmq: str) -> Iterator[Broker]:
+    """A RabbitMQ client on the queues of the server under test."""
+    client = Broker(server.env, rabbitmq)
+    try:
+        yield client
+    finally:
+        client.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +31,7 @@ T = TypeVar("T")
 CLI = (sys.executable, "-m", "state_manager")
 PG_ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 15.0
 
@@ -97,6 +99,46 @@ async def _admin_execute(*statements: str) -> None:
         await conn.close()
 
 
+@contextlib.contextmanager
+def hold_row_lock(database_url: str, table: str, row_id: str) -> Iterator[None]:
+    """Keeps one row locked (FOR UPDATE, as the table owner) on a connection of its own for the block."""
+    import threading
+
+    locked, release = threading.Event(), threading.Event()
+    failure: list[BaseException] = []
+    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+    async def hold() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(dsn, timeout=5)
+        try:
+            async with conn.transaction():
+                await conn.fetch(f"SELECT 1 FROM {table} WHERE id = $1 FOR UPDATE", uuid.UUID(row_id))
+                locked.set()
+                await asyncio.get_running_loop().run_in_executor(None, release.wait, 60)
+        finally:
+            await conn.close()
+
+    def run() -> None:
+        try:
+            asyncio.run(hold())
+        except BaseException as exc:
+            failure.append(exc)
+            locked.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    locked.wait(30)
+    if failure:
+        raise failure[0]
+    try:
+        yield
+    finally:
+        release.set()
+        thread.join(30)
+
+
 def postgres_problem() -> str | None:
     """None when the server answers as the admin DSN; otherwise why not."""
     try:
@@ -128,6 +170,125 @@ def redis_problem(url: str = REDIS_URL) -> str | None:
     finally:
         client.close()
     return None
+
+
+def rabbitmq_problem(url: str = RABBITMQ_URL) -> str | None:
+    async def connect() -> None:
+        import aio_pika
+
+        connection = await aio_pika.connect(url, timeout=5)
+        await connection.close()
+
+    try:
+        _in_thread(connect())
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}".strip()
+    return None
+
+
+# The queue settings and their defaults: a test server gets its own names, so that no two servers (nor the
+# machine's other users of RabbitMQ) share a queue.
+QUEUE_SETTINGS = {
+    "INBOUND_QUEUE": "inbound-whatsapp-messages",
+    "STATUS_QUEUE": "whatsapp-status-updates",
+    "OUTBOUND_QUEUE": "outbound-genesys-messages",
+    "GENESYS_STATUS_QUEUE": "genesys-status-updates",
+    "CORRELATION_QUEUE": "correlation-events",
+    "INBOUND_ENRICHED_QUEUE": "inbound.enriched",
+    "OUTBOUND_PROCESSED_QUEUE": "outbound-processed",
+    "GENESYS_STATUS_PROCESSED_QUEUE": "genesys-status-processed",
+    "DLQ_NAME": "state-manager-dlq",
+}
+
+
+def queue_env(prefix: str, url: str = RABBITMQ_URL) -> dict[str, str]:
+    """Settings for a server consuming and publishing its own `prefix`ed queues, retrying fast."""
+    return {
+        "RABBITMQ_URL": url,
+        "RABBITMQ_MAX_RETRIES": "2",
+        "RABBITMQ_RETRY_BASE_SECONDS": "0.1",
+        "RABBITMQ_STANDBY_RETRY_SECONDS": "0.5",
+        "QUEUE_LOCK_TIMEOUT_SECONDS": "0.3",
+        "OUTBOX_SWEEP_SECONDS": "1",
+        **{name: prefix + default for name, default in QUEUE_SETTINGS.items()},
+    }
+
+
+class Broker:
+    """A RabbitMQ client for tests, on its own event loop in a thread (the tests themselves are sync)."""
+
+    def __init__(self, env: Mapping[str, str], url: str = RABBITMQ_URL) -> None:
+        import threading
+
+        import aio_pika
+
+        self.names = {name: env.get(name, default) for name, default in QUEUE_SETTINGS.items()}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+        async def connect() -> tuple[Any, Any]:
+            connection = await aio_pika.connect(url, timeout=10)
+            return connection, await connection.channel()
+
+        self._connection, self._channel = self._run(connect())
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=60)
+
+    def queue(self, setting: str) -> str:
+        return self.names[setting]
+
+    def publish(self, setting: str, body: Any) -> None:
+        """Publishes as the existing producers do: default exchange, persistent JSON, no headers."""
+        import aio_pika
+
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        message = aio_pika.Message(data, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+        self._run(self._channel.default_exchange.publish(message, routing_key=self.names[setting]))
+
+    def take(
+        self, setting: str, count: int = 1, *, where: Any = None, timeout: float = 20.0
+    ) -> list[dict[str, Any]]:
+        """The next `count` messages of a queue that `where(body)` accepts (others are dropped)."""
+
+        async def collect() -> list[dict[str, Any]]:
+            queue = await self._channel.get_queue(self.names[setting], ensure=False)
+            found: list[dict[str, Any]] = []
+            deadline = time.monotonic() + timeout
+            while len(found) < count and time.monotonic() < deadline:
+                message = await queue.get(no_ack=True, fail=False)
+                if message is None:
+                    await asyncio.sleep(0.05)
+                    continue
+                body = json.loads(message.body)
+                if where is None or where(body):
+                    found.append(body)
+            return found
+
+        return self._run(collect())
+
+    def depth(self, setting: str) -> int:
+        async def count() -> int:
+            declared = await self._channel.declare_queue(self.names[setting], passive=True)
+            return int(declared.declaration_result.message_count or 0)
+
+        return self._run(count())
+
+    def delete_queues(self) -> None:
+        async def delete() -> None:
+            channel = await self._connection.channel()
+            for name in self.names.values():
+                await channel.queue_delete(name)
+            await channel.close()
+
+        self._run(delete())
+
+    def close(self) -> None:
+        self._run(self._connection.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
 
 
 # --- Servers -----------------------------------------------------------------------------------------
@@ -337,3 +498,67 @@ class Api:
             "POST", "/v1/admin/keys", json={"kind": "tenant", "name": "test", "tenant_id": tenant_id}
         ).json()
         return Tenant(id=tenant_id, organization_id=organization_id, key=created["key"], key_id=created["id"])
+
+
+class TcpProxy:
+    """A TCP relay to a server, for cutting a client's connections as a network failure would."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        import threading
+
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.refusing = False
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self.refusing:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        """Drops every open connection (new ones are accepted unless `refusing`)."""
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+        self._listener.close()

@@ -25,6 +25,7 @@ from state_manager.messages.routes import router as messages_router
 from state_manager.observability import health
 from state_manager.observability.logging import configure as configure_logging
 from state_manager.observability.middleware import RequestMiddleware
+from state_manager.queues.consumer import QueueConsumers
 from state_manager.settings import AuthMode, Settings
 from state_manager.tenants import routes as tenant_routes
 from state_manager.tenants.auth import Authenticator
@@ -40,10 +41,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db = open_database(settings)
         cache = open_cache(settings)
         bus = open_bus(settings)
+        queues = None
         try:
             await bus.start()
             await startup.prepare_schema(settings, db)
             await startup.first_run(settings, db)
+            if settings.rabbitmq_url:
+                queues = QueueConsumers(settings, db, bus)
+                await queues.start()
             app.state.services = Services(
                 settings=settings,
                 db=db,
@@ -56,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ),
                 bus=bus,
                 inbound=inbound_recorder(db, bus),
+                queues=queues,
             )
             # Objects made at start-up live as long as the process; keeping them out of the
             # collector's generations removes most of its pauses from the request path.
@@ -63,6 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             gc.freeze()
             yield
         finally:
+            if queues is not None:
+                await queues.stop()
             await bus.close()
             await cache.close()
             await db.dispose()

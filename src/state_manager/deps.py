@@ -16,6 +16,7 @@ from state_manager.cache.reads import ReadCache
 from state_manager.db import Database
 from state_manager.errors import Forbidden
 from state_manager.messages.inbound import InboundRecorder
+from state_manager.queues.consumer import QueueConsumers
 from state_manager.settings import Settings
 from state_manager.tenants.auth import Authenticator, Principal
 from state_manager.tenants.schemas import KeyKind
@@ -31,6 +32,7 @@ class Services:
     auth: Authenticator
     bus: InvalidationBus
     inbound: InboundRecorder
+    queues: QueueConsumers | None  # when RABBITMQ_URL is set
 
 
 async def get_services(request: Request) -> Services:

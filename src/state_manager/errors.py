@@ -112,3 +112,9 @@ class Unavailable(StateManagerError):
     status = 503
     code = "unavailable"
     title = "Service unavailable"
+
+
+class LockTimeout(Unavailable):
+    """A row or lock this work needs stayed held by another transaction longer than it may wait."""
+
+    code = "lock-timeout"

@@ -50,6 +50,38 @@ class Settings(BaseSettings):
     )
     default_tenant_id: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
+    # RabbitMQ, as the existing service names it (the same variables override the same queue names).
+    rabbitmq_heartbeat: int = Field(default=60, ge=0, le=3600)
+    rabbitmq_prefetch_count: int = Field(default=100, ge=1, le=10_000)
+    rabbitmq_max_retries: int = Field(
+        default=5, ge=0, le=100, description="Retries of a message that failed for a passing reason, then DLQ"
+    )
+    rabbitmq_retry_base_seconds: float = Field(default=0.5, gt=0, le=60)
+    rabbitmq_retry_max_seconds: float = Field(default=30.0, gt=0, le=3600)
+    queue_lock_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="How long queue work waits for a locked row before it is retried (PostgreSQL)",
+    )
+    rabbitmq_standby_retry_seconds: float = Field(
+        default=5.0, gt=0, le=600, description="How often a standby instance asks to take over a queue"
+    )
+    outbox_sweep_seconds: float = Field(
+        default=5.0, gt=0, le=3600, description="How often unsent queue output is looked for"
+    )
+    inbound_queue: str = Field(default="inbound-whatsapp-messages", min_length=1, max_length=255)
+    status_queue: str = Field(default="whatsapp-status-updates", min_length=1, max_length=255)
+    outbound_queue: str = Field(default="outbound-genesys-messages", min_length=1, max_length=255)
+    genesys_status_queue: str = Field(default="genesys-status-updates", min_length=1, max_length=255)
+    correlation_queue: str = Field(default="correlation-events", min_length=1, max_length=255)
+    inbound_enriched_queue: str = Field(default="inbound.enriched", min_length=1, max_length=255)
+    outbound_processed_queue: str = Field(default="outbound-processed", min_length=1, max_length=255)
+    genesys_status_processed_queue: str = Field(
+        default="genesys-status-processed", min_length=1, max_length=255
+    )
+    dlq_name: str = Field(default="state-manager-dlq", min_length=1, max_length=255)
+
     @field_validator("database_url")
     @classmethod
     def _known_database_scheme(cls, value: str | None) -> str | None:
@@ -63,6 +95,13 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("rabbitmq_url")
+    @classmethod
+    def _known_amqp_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("must start with amqp:// or amqps://")
+        return value
 
     @field_validator("redis_url")
     @classmethod

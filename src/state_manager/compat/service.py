@@ -69,6 +69,7 @@ from state_manager.messages.schemas import (
 from state_manager.messages.status import ReceiptStatus
 from state_manager.observability import health
 from state_manager.pagination import MAX_LIMIT
+from state_manager.queues.topology import Consumed
 
 DEFAULT_PAGE_LIMIT = 50
 # The old API kept a conversation's context as one opaque JSON value; here it is one context key.
@@ -119,13 +120,18 @@ def legacy_status(state: ConversationState) -> str:
 
 
 async def health_report(services: Services) -> tuple[int, dict[str, Any]]:
-    """The old `/health` body, from the same checks as `/health/ready`. No queues are consumed here."""
-    (_, database), (_, cache) = await asyncio.gather(
-        health.run_check("database", services.db.ping), health.run_check("cache", services.cache.ping)
+    """The old `/health` body, from the same checks as `/health/ready`; `rabbitmq.queue_depth` is the
+    inbound queue's, as the old service meant it to be."""
+    (_, database), (_, cache), queues = await asyncio.gather(
+        health.run_check("database", services.db.ping),
+        health.run_check("cache", services.cache.ping),
+        health.queues_check(services),
     )
+    if queues.get("depths") and services.queues is not None:
+        queues["queue_depth"] = queues["depths"].get(services.queues.topology.consumed[Consumed.INBOUND])
     if database["status"] != "ok":
         status = "unhealthy"
-    elif cache["status"] != "ok":
+    elif cache["status"] != "ok" or queues["status"] not in ("ok", "not_used"):
         status = "degraded"
     else:
         status = "healthy"
@@ -135,7 +141,7 @@ async def health_report(services: Services) -> tuple[int, dict[str, Any]]:
         "checks": {
             "database": {"latency_ms": None, **database},
             "redis": {"latency_ms": None, **cache, "backend": services.cache.name},
-            "rabbitmq": {"status": "not_used"},
+            "rabbitmq": queues,
         },
         "uptime_seconds": round(time.monotonic() - _STARTED, 3),
     }

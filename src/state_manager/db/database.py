@@ -17,10 +17,11 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from state_manager.errors import StateManagerError, Unavailable
+from state_manager.errors import LockTimeout, StateManagerError, Unavailable
 from state_manager.settings import Settings
 
 RETRY_AFTER_SECONDS = "2"
+LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout
 
 
 class Database(abc.ABC):
@@ -31,21 +32,22 @@ class Database(abc.ABC):
 
     @abc.abstractmethod
     def _begin(
-        self, tenant_id: str | None, write: bool
+        self, tenant_id: str | None, write: bool, lock_timeout: float | None
     ) -> Any:  # an async context manager yielding an AsyncConnection
         ...
 
     @asynccontextmanager
     async def transaction(
-        self, tenant_id: str | None, *, write: bool = True
+        self, tenant_id: str | None, *, write: bool = True, lock_timeout: float | None = None
     ) -> AsyncIterator[AsyncConnection]:
         """One transaction scoped to a tenant: commits when the block ends, rolls back on error.
 
         Losing the database (refused connection, server restart, SQLite busy) becomes a 503 with
-        Retry-After; nothing is reported as done unless the commit returned.
+        Retry-After; nothing is reported as done unless the commit returned. With `lock_timeout`, waiting
+        longer than that for a row lock raises LockTimeout (PostgreSQL; SQLite waits its busy timeout).
         """
         try:
-            async with self._begin(tenant_id, write) as conn:
+            async with self._begin(tenant_id, write, lock_timeout) as conn:
                 yield conn
         except StateManagerError:
             raise
@@ -56,6 +58,11 @@ class Database(abc.ABC):
                 "the database is unavailable; retry later", headers={"Retry-After": RETRY_AFTER_SECONDS}
             ) from exc
         except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+                raise LockTimeout(
+                    "a row this needs stayed locked by other work; retry",
+                    headers={"Retry-After": RETRY_AFTER_SECONDS},
+                ) from exc
             if exc.connection_invalidated:
                 raise Unavailable(
                     "the database connection was lost; retry later",

@@ -31,3 +31,16 @@ async def lock_names(conn: AsyncConnection, names: Iterable[str]) -> None:
     keys = sorted({_lock_key(name) for name in names})
     if keys:
         await conn.execute(_LOCK_ALL, {"keys": keys})
+
+
+_TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
+
+
+async def try_lock_name(conn: AsyncConnection, name: str) -> bool:
+    """Takes the lock on `name` until the transaction ends, unless another transaction holds it.
+
+    SQLite: always True, for the reason `lock_names` gives.
+    """
+    if conn.dialect.name != "postgresql":
+        return True
+    return bool((await conn.execute(_TRY_LOCK, {"key": _lock_key(name)})).scalar_one())

@@ -18,6 +18,7 @@ from state_manager.settings import Settings
 # Created by the first migration; the service switches to it on every connection.
 APP_ROLE = "state_manager_app"
 SET_TENANT = text("SELECT set_config('app.tenant_id', :tenant_id, true)")
+SET_LOCK_TIMEOUT = text("SELECT set_config('lock_timeout', :timeout, true)")
 
 
 class PostgresDatabase(Database):
@@ -45,10 +46,14 @@ class PostgresDatabase(Database):
                 cursor.close()
 
     @asynccontextmanager
-    async def _begin(self, tenant_id: str | None, write: bool) -> AsyncIterator[AsyncConnection]:
+    async def _begin(
+        self, tenant_id: str | None, write: bool, lock_timeout: float | None
+    ) -> AsyncIterator[AsyncConnection]:
         async with self.engine.begin() as conn:
             if tenant_id is not None:
                 await conn.execute(SET_TENANT, {"tenant_id": tenant_id})
+            if lock_timeout is not None:
+                await conn.execute(SET_LOCK_TIMEOUT, {"timeout": f"{max(1, round(lock_timeout * 1000))}ms"})
             yield conn
 
     @asynccontextmanager

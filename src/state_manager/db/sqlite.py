@@ -63,7 +63,9 @@ class SqliteDatabase(Database):
             conn.exec_driver_sql(conn.get_execution_options().get(BEGIN_MODE, "BEGIN"))
 
     @asynccontextmanager
-    async def _begin(self, tenant_id: str | None, write: bool) -> AsyncIterator[AsyncConnection]:
+    async def _begin(
+        self, tenant_id: str | None, write: bool, lock_timeout: float | None
+    ) -> AsyncIterator[AsyncConnection]:
         async with self.engine.connect() as conn:
             await conn.execution_options(**{BEGIN_MODE: "BEGIN IMMEDIATE" if write else "BEGIN"})
             async with conn.begin():

@@ -4,6 +4,7 @@ from state_manager.context.models import context_entries
 from state_manager.conversations.models import conversations, participants, state_changes
 from state_manager.customers.models import customer_identities, customers
 from state_manager.messages.models import messages, pending_receipts
+from state_manager.queues.models import broker_outbox
 from state_manager.tenants.models import api_keys, organizations, tenants
 from state_manager.webhooks.models import webhook_events
 
@@ -18,11 +19,13 @@ TENANT_TABLES = (
     pending_receipts,
     context_entries,
     webhook_events,
+    broker_outbox,
 )
 
 __all__ = [
     "TENANT_TABLES",
     "api_keys",
+    "broker_outbox",
     "context_entries",
     "conversations",
     "customer_identities",

@@ -1,4 +1,5 @@
-"""Liveness, readiness (database and cache) and Prometheus metrics."""
+"""Liveness, readiness (database and cache; the queue consumers' state, which never fails it) and Prometheus
+metrics."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.responses import JSONResponse, Response
 
-from state_manager.deps import ServicesDep
+from state_manager.deps import Services, ServicesDep
 from state_manager.observability import metrics
 from state_manager.strict_json import StrictJsonRoute
 
@@ -30,22 +31,37 @@ async def run_check(name: str, probe: Any) -> tuple[str, dict[str, Any]]:
     return name, {"status": "ok", "latency_ms": round(seconds * 1000, 2)}
 
 
+async def queues_check(services: Services) -> dict[str, Any]:
+    """The consumers' own account of themselves, and the queues' depths (read on a channel of the health
+    check's own). A broker outage degrades the service; it never makes it unready: HTTP still works."""
+    queues = services.queues
+    if queues is None:
+        return {"status": "not_used"}
+    report = queues.report()
+    try:
+        report["depths"] = await asyncio.wait_for(queues.depths(), CHECK_TIMEOUT_SECONDS)
+    except Exception as exc:
+        report["depths"] = None
+        report["depth_error"] = type(exc).__name__
+    return report
+
+
 @router.get(
     "/health/ready",
     summary="The database and the cache answer",
     responses={503: {"description": "a check failed; `failed` names it"}},
 )
 async def ready(services: ServicesDep) -> Response:
-    results = dict(
-        await asyncio.gather(
-            run_check("database", services.db.ping),
-            run_check(f"cache ({services.cache.name})", services.cache.ping),
-        )
+    database, cache, queues = await asyncio.gather(
+        run_check("database", services.db.ping),
+        run_check(f"cache ({services.cache.name})", services.cache.ping),
+        queues_check(services),
     )
+    results = dict([database, cache])
     failed = [name for name, result in results.items() if result["status"] != "ok"]
     body = {
         "status": "unavailable" if failed else "ok",
-        "checks": results,
+        "checks": results | {"queues": queues},
         "failed": failed,
         "time": dt.datetime.now(dt.UTC).isoformat(),
     }

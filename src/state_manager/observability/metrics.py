@@ -16,6 +16,14 @@ HTTP_LATENCY = Histogram(
     ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+QUEUE_MESSAGES = Counter(
+    "state_manager_queue_messages_total",
+    "Consumed queue messages by queue and outcome (processed, retried, dlq:<reason>)",
+    ["queue", "outcome"],
+)
+QUEUE_PUBLISHED = Counter(
+    "state_manager_queue_published_total", "Output messages confirmed by the broker, by queue", ["queue"]
+)
 
 
 def render() -> tuple[bytes, str]:

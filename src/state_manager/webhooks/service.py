@@ -140,11 +140,11 @@ def _statuses(webhook: WhatsAppWebhook) -> Iterator[tuple[int, _Status]]:
         for change in entry.changes:
             position += len(change.value.messages)
             for status in change.value.statuses:
-                yield position, _Status(status.id, status.status, _receipt(status))
+                yield position, _Status(status.id, status.status, receipt_of(status))
                 position += 1
 
 
-def _receipt(status: WaStatus) -> ReceiptIn | None:
+def receipt_of(status: WaStatus) -> ReceiptIn | None:
     if status.status not in _RECEIPT_STATUSES:
         return None
     error = None
@@ -160,7 +160,7 @@ def _receipt(status: WaStatus) -> ReceiptIn | None:
     return ReceiptIn(wamid=status.id, status=ReceiptStatus(status.status), at=status.timestamp, error=error)
 
 
-def _queued_message(queued: QueuedInboundMessage) -> InboundMessage:
+def queued_message(queued: QueuedInboundMessage) -> InboundMessage:
     name = queued.contact_name
     return InboundMessage(
         wa_id=queued.wa_id,
@@ -197,7 +197,7 @@ def plan(parsed: WhatsAppWebhook | QueuedInboundMessage) -> Plan:
             )
     try:
         if isinstance(parsed, QueuedInboundMessage):
-            found = Plan([(0, _queued_message(parsed))], [])
+            found = Plan([(0, queued_message(parsed))], [])
         else:
             found = Plan(list(_inbound_messages(parsed)), list(_statuses(parsed)))
         for position, message in found.messages:
