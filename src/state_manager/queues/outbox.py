@@ -38,6 +38,7 @@ from state_manager.tenants.models import tenants
 log = logging.getLogger(__name__)
 
 KEEP_PUBLISHED = dt.timedelta(days=1)
+PRUNE_EVERY_SECONDS = 600.0
 BATCH = 500
 _OUTBOX_IDS = uuid.UUID("0b5e1f0a-52b6-4d67-8a4f-3c1f6f7f2d11")
 
@@ -104,21 +105,17 @@ async def _pending(conn: AsyncConnection, tenant_id: str, limit: int) -> list[Ou
     return [Outgoing(row.id, Output(row.destination), row.body.encode()) for row in rows]
 
 
-async def pending_count(db: Database, tenant_id: str) -> int:
-    o = broker_outbox.c
-    async with db.transaction(tenant_id, write=False) as conn:
-        rows = await conn.execute(
-            select(o.id).where(o.tenant_id == tenant_id, o.published_at.is_(None)).limit(10_000)
-        )
-        return len(rows.all())
-
-
 async def flush(db: Database, tenant_id: str, publish: Publish) -> int:
     """Publishes the tenant's committed, unpublished rows in order; returns how many.
 
     One flusher per tenant at a time (an advisory lock on PostgreSQL, the write lock on SQLite): two would
     publish the same rows, or interleave them out of order. If the lock is taken, the holder publishes.
     """
+    o = broker_outbox.c
+    async with db.transaction(tenant_id, write=False) as conn:
+        waiting = select(o.id).where(o.tenant_id == tenant_id, o.published_at.is_(None)).limit(1)
+        if (await conn.execute(waiting)).first() is None:
+            return 0  # the common case of a sweep: no write transaction, no lock
     published = 0
     while True:
         async with db.transaction(tenant_id, write=True) as conn:
@@ -128,7 +125,6 @@ async def flush(db: Database, tenant_id: str, publish: Publish) -> int:
             if not batch:
                 return published
             await publish(batch)  # raises unless the broker confirmed every message
-            o = broker_outbox.c
             await conn.execute(
                 update(broker_outbox)
                 .where(o.tenant_id == tenant_id, o.id.in_([item.id for item in batch]))
@@ -170,7 +166,7 @@ class OutboxRelay:
         self._wake.set()
 
     async def run(self) -> None:
-        next_sweep = time.monotonic()
+        next_sweep = next_prune = time.monotonic()
         while True:
             timeout = max(0.0, next_sweep - time.monotonic())
             with contextlib.suppress(TimeoutError):
@@ -181,7 +177,10 @@ class OutboxRelay:
             due, self._dirty = self._dirty, set()
             if sweeping:
                 due |= set(await self._every_tenant())
-            failed = await self._flush_all(sorted(due), prune_too=sweeping)
+            pruning = sweeping and time.monotonic() >= next_prune
+            if pruning:
+                next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
+            failed = await self._flush_all(sorted(due), prune_too=pruning)
             if sweeping:
                 next_sweep = time.monotonic() + self.sweep_seconds
             if failed:
