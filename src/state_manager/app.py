@@ -46,8 +46,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await bus.start()
             await startup.prepare_schema(settings, db)
             await startup.first_run(settings, db)
+            inbound = inbound_recorder(db, bus)
             if settings.rabbitmq_url:
-                queues = QueueConsumers(settings, db, bus)
+                queues = QueueConsumers(settings, db, bus, inbound)
                 await queues.start()
             app.state.services = Services(
                 settings=settings,
@@ -60,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     default_tenant_id=settings.default_tenant_id,
                 ),
                 bus=bus,
-                inbound=inbound_recorder(db, bus),
+                inbound=inbound,
                 queues=queues,
             )
             # Objects made at start-up live as long as the process; keeping them out of the

@@ -18,7 +18,11 @@ from state_manager.settings import Settings
 # Created by the first migration; the service switches to it on every connection.
 APP_ROLE = "state_manager_app"
 SET_TENANT = text("SELECT set_config('app.tenant_id', :tenant_id, true)")
-SET_LOCK_TIMEOUT = text("SELECT set_config('lock_timeout', :timeout, true)")
+# One round trip for both; no tenant ('') sees no tenant's rows, as an unset one.
+SET_TENANT_AND_LOCK_TIMEOUT = text(
+    "SELECT set_config('app.tenant_id', coalesce(:tenant_id, ''), true),"
+    " set_config('lock_timeout', :timeout, true)"
+)
 
 
 class PostgresDatabase(Database):
@@ -50,10 +54,11 @@ class PostgresDatabase(Database):
         self, tenant_id: str | None, write: bool, lock_timeout: float | None
     ) -> AsyncIterator[AsyncConnection]:
         async with self.engine.begin() as conn:
-            if tenant_id is not None:
-                await conn.execute(SET_TENANT, {"tenant_id": tenant_id})
             if lock_timeout is not None:
-                await conn.execute(SET_LOCK_TIMEOUT, {"timeout": f"{max(1, round(lock_timeout * 1000))}ms"})
+                timeout = f"{max(1, round(lock_timeout * 1000))}ms"
+                await conn.execute(SET_TENANT_AND_LOCK_TIMEOUT, {"tenant_id": tenant_id, "timeout": timeout})
+            elif tenant_id is not None:
+                await conn.execute(SET_TENANT, {"tenant_id": tenant_id})
             yield conn
 
     @asynccontextmanager

@@ -13,8 +13,9 @@ import uuid
 
 import asyncpg
 import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from state_manager.cache.invalidation import InvalidationBus
+from state_manager.cache.invalidation import InvalidationBus, customer_changed
 from state_manager.conversations.lifecycle import ConversationState
 from state_manager.conversations.repository import REPLY_WINDOW
 from state_manager.customers import service as customers
@@ -24,7 +25,7 @@ from state_manager.db import Database
 from state_manager.db.database import RETRY_AFTER_SECONDS
 from state_manager.db.postgres import PostgresDatabase
 from state_manager.db.types import utcnow
-from state_manager.errors import Unavailable
+from state_manager.errors import LockTimeout, Unavailable
 from state_manager.messages import service
 from state_manager.messages.schemas import InboundMessage, InboundRecorded
 
@@ -53,6 +54,10 @@ class InboundRecorder:
         async with self.bus.publishing_changes(), self.db.transaction(tenant_id, write=True) as conn:
             return await service.record_inbound(conn, tenant_id, data)
 
+    async def record_in(self, conn: AsyncConnection, tenant_id: str, data: InboundMessage) -> InboundRecorded:
+        """The same, in the caller's transaction (whose `publishing_changes` announces the customer)."""
+        return await service.record_inbound(conn, tenant_id, data)
+
 
 class PostgresInboundRecorder(InboundRecorder):
     db: PostgresDatabase
@@ -61,44 +66,65 @@ class PostgresInboundRecorder(InboundRecorder):
         super().__init__(db, bus)
 
     async def record(self, tenant_id: str, data: InboundMessage) -> InboundRecorded:
+        async with self.db.driver_connection() as connection:
+            recorded = await self._call(connection, tenant_id, data)
+        if not recorded.duplicate:
+            await self.bus.publish({(tenant_id, recorded.customer_id)})
+        return recorded
+
+    async def record_in(self, conn: AsyncConnection, tenant_id: str, data: InboundMessage) -> InboundRecorded:
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert isinstance(driver, asyncpg.Connection)
+        recorded = await self._call(driver, tenant_id, data)
+        if not recorded.duplicate:
+            customer_changed(tenant_id, recorded.customer_id)
+        return recorded
+
+    async def _call(
+        self, connection: asyncpg.Connection, tenant_id: str, data: InboundMessage
+    ) -> InboundRecorded:
         wa_id = customers.normalized(
             IdentityIn(channel=IdentityChannel.WHATSAPP, external_id=data.wa_id), "wa_id"
         )[1]
         now = utcnow()
         media = data.media
-        async with self.db.driver_connection() as connection:
-            try:
-                row = await connection.fetchrow(
-                    _RECORD_INBOUND,
-                    tenant_id,
-                    wa_id,
-                    _phone_of(wa_id),
-                    data.business_number_id,
-                    data.business_display_number,
-                    data.profile_name or None,  # an empty profile name never replaces a known one
-                    uuid.uuid4(),  # the customer's ID, if it is new
-                    uuid.uuid4(),  # the conversation's, if one is opened
-                    uuid.uuid4(),  # its first state change's
-                    service.new_message_id(),
-                    data.wamid,
-                    data.type.value,
-                    data.text,
-                    media.url if media else None,
-                    media.mime_type if media else None,
-                    media.filename if media else None,
-                    media.caption if media else None,
-                    orjson.dumps(data.metadata).decode(),
-                    data.occurred_at or now,
-                    now,
-                    REPLY_WINDOW,
-                )
-            except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError) as exc:
-                raise Unavailable(
-                    "the conversation kept changing while it was being opened; retry",
-                    headers={"Retry-After": RETRY_AFTER_SECONDS},
-                ) from exc
+        try:
+            row = await connection.fetchrow(
+                _RECORD_INBOUND,
+                tenant_id,
+                wa_id,
+                _phone_of(wa_id),
+                data.business_number_id,
+                data.business_display_number,
+                data.profile_name or None,  # an empty profile name never replaces a known one
+                uuid.uuid4(),  # the customer's ID, if it is new
+                uuid.uuid4(),  # the conversation's, if one is opened
+                uuid.uuid4(),  # its first state change's
+                service.new_message_id(),
+                data.wamid,
+                data.type.value,
+                data.text,
+                media.url if media else None,
+                media.mime_type if media else None,
+                media.filename if media else None,
+                media.caption if media else None,
+                orjson.dumps(data.metadata).decode(),
+                data.occurred_at or now,
+                now,
+                REPLY_WINDOW,
+            )
+        except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError) as exc:
+            raise Unavailable(
+                "the conversation kept changing while it was being opened; retry",
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
+            ) from exc
+        except asyncpg.LockNotAvailableError as exc:  # the caller's transaction set a lock_timeout
+            raise LockTimeout(
+                "a row this needs stayed locked by other work; retry",
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
+            ) from exc
         assert row is not None
-        recorded = InboundRecorded(
+        return InboundRecorded(
             customer_id=row["customer_id"],
             customer_created=row["customer_created"],
             conversation_id=row["conversation_id"],
@@ -108,9 +134,6 @@ class PostgresInboundRecorder(InboundRecorder):
             message_id=row["message_id"],
             duplicate=row["duplicate"],
         )
-        if not recorded.duplicate:
-            await self.bus.publish({(tenant_id, recorded.customer_id)})
-        return recorded
 
 
 def inbound_recorder(db: Database, bus: InvalidationBus) -> InboundRecorder:

@@ -39,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from state_manager.cache.invalidation import InvalidationBus
 from state_manager.db import Database
 from state_manager.errors import StateManagerError
+from state_manager.messages.inbound import InboundRecorder
 from state_manager.observability import metrics
 from state_manager.queues import handlers
 from state_manager.queues.outbox import OutboxRelay, Outgoing
@@ -125,7 +126,9 @@ class KeyedSerial:
 class QueueConsumers:
     """Owns the RabbitMQ connection: consumers, DLQ, the outbox relay's publisher, and their state."""
 
-    def __init__(self, settings: Settings, db: Database, bus: InvalidationBus) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, bus: InvalidationBus, inbound: InboundRecorder
+    ) -> None:
         assert settings.rabbitmq_url is not None
         self.settings = settings
         self.db = db
@@ -136,6 +139,12 @@ class QueueConsumers:
         self.last_error: str | None = None
         self.relay = OutboxRelay(db, self._publish, sweep_seconds=settings.outbox_sweep_seconds)
         self._serial = KeyedSerial()
+        self._work = handlers.Work(self._write, inbound)
+        # Handlers at work at once: fewer than the pool's connections, so that the relay and HTTP requests
+        # always find one (the prefetch may hold far more messages than that, waiting their turn).
+        self._running = asyncio.Semaphore(
+            max(1, min(settings.rabbitmq_prefetch_count, settings.db_pool_size // 2))
+        )
         self._generation = 0  # bumped per connection: a delivery of a closed channel is not processed
         self._publisher: AbstractChannel | None = None
         self._connection: AbstractConnection | None = None
@@ -281,9 +290,10 @@ class QueueConsumers:
             try:
                 if document is None:
                     raise handlers.Rejected(DlqReason.INVALID_PAYLOAD, problem or "unreadable")
-                tenant_id = await self._tenant_of(document)
-                delivery = handlers.Delivery(tenant_id, document, handlers.digest(message.body))
-                await handlers.HANDLERS[consumed](self._write, delivery)
+                async with self._running:
+                    tenant_id = await self._tenant_of(document)
+                    delivery = handlers.Delivery(tenant_id, document, handlers.digest(message.body))
+                    await handlers.HANDLERS[consumed](self._work, delivery)
             except Exception as exc:
                 reason, passing = handlers.classify(exc)
                 detail = exc.message if isinstance(exc, handlers.Rejected) else f"{type(exc).__name__}: {exc}"

@@ -26,6 +26,7 @@ from state_manager.errors import Conflict, LockTimeout, NotFound, StateManagerEr
 from state_manager.messages import outbound
 from state_manager.messages import repository as messages_repo
 from state_manager.messages import service as messages
+from state_manager.messages.inbound import InboundRecorder
 from state_manager.messages.outbound import QueuedOutboundMessage
 from state_manager.messages.schemas import Correlation, ReceiptIn
 from state_manager.messages.status import ReceiptStatus
@@ -79,6 +80,14 @@ Transaction = Callable[[str], AbstractAsyncContextManager[AsyncConnection]]
 
 
 @dataclass(frozen=True, slots=True)
+class Work:
+    """What handlers work with: a write transaction for a tenant, and the inbound recorder."""
+
+    write: Transaction
+    inbound: InboundRecorder
+
+
+@dataclass(frozen=True, slots=True)
 class Delivery:
     """One consumed message: its tenant, its parsed body and the hash of its bytes."""
 
@@ -104,12 +113,12 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
-async def inbound(write: Transaction, delivery: Delivery) -> None:
+async def inbound(work: Work, delivery: Delivery) -> None:
     queued = _parse(QueuedInboundMessage, delivery.document)
     message = queued_message(queued)
     customers.normalized(IdentityIn(channel=IdentityChannel.WHATSAPP, external_id=message.wa_id), "wa_id")
-    async with write(delivery.tenant_id) as conn:
-        recorded = await messages.record_inbound(conn, delivery.tenant_id, message)
+    async with work.write(delivery.tenant_id) as conn:
+        recorded = await work.inbound.record_in(conn, delivery.tenant_id, message)
         if recorded.duplicate:
             return  # announced when it was recorded (the outbox row of that first time)
         enriched = delivery.document | {
@@ -120,7 +129,7 @@ async def inbound(write: Transaction, delivery: Delivery) -> None:
         await outbox.add(conn, delivery.tenant_id, Output.INBOUND_ENRICHED, enriched, input_key=queued.wamid)
 
 
-async def status(write: Transaction, delivery: Delivery) -> None:
+async def status(work: Work, delivery: Delivery) -> None:
     update = _parse(WhatsAppStatusUpdate, delivery.document)
     try:
         as_webhook = WaStatus(
@@ -135,13 +144,13 @@ async def status(write: Transaction, delivery: Delivery) -> None:
     receipt = receipt_of(as_webhook)
     if receipt is None:
         return  # a status this service does not track (e.g. `deleted`)
-    async with write(delivery.tenant_id) as conn:
+    async with work.write(delivery.tenant_id) as conn:
         await messages.apply_receipts(conn, delivery.tenant_id, [receipt])
 
 
-async def outbound_message(write: Transaction, delivery: Delivery) -> None:
+async def outbound_message(work: Work, delivery: Delivery) -> None:
     body = _parse(QueuedOutboundMessage, delivery.document)
-    async with write(delivery.tenant_id) as conn:
+    async with work.write(delivery.tenant_id) as conn:
         try:
             recorded = await outbound.record_outbound(conn, delivery.tenant_id, body)
         except Conflict as exc:
@@ -173,10 +182,10 @@ async def outbound_message(write: Transaction, delivery: Delivery) -> None:
         )
 
 
-async def genesys_status(write: Transaction, delivery: Delivery) -> None:
+async def genesys_status(work: Work, delivery: Delivery) -> None:
     update = _parse(GenesysStatusUpdate, delivery.document)
     kind = update.status.lower()
-    async with write(delivery.tenant_id) as conn:
+    async with work.write(delivery.tenant_id) as conn:
         genesys_conversation_id = None
         if update.originalMessageId is not None:
             if kind in _TRACKED:
@@ -209,18 +218,18 @@ async def _genesys_conversation_of(
     return conversation.genesys_conversation_id
 
 
-async def correlation(write: Transaction, delivery: Delivery) -> None:
+async def correlation(work: Work, delivery: Delivery) -> None:
     event = _parse(CorrelationEvent, delivery.document)
     link = Correlation(
         whatsapp_message_id=event.whatsapp_message_id,
         genesys_conversation_id=event.conversation_id,
         genesys_communication_id=event.communication_id,
     )
-    async with write(delivery.tenant_id) as conn:
+    async with work.write(delivery.tenant_id) as conn:
         await messages.correlate(conn, delivery.tenant_id, link)
 
 
-Handler = Callable[[Transaction, Delivery], Awaitable[None]]
+Handler = Callable[[Work, Delivery], Awaitable[None]]
 
 HANDLERS: dict[Consumed, Handler] = {
     Consumed.INBOUND: inbound,
