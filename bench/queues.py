@@ -29,6 +29,7 @@ from bench.fixtures import create_tenant
 from bench.report import git_commit, machine_info, percentile
 from bench.server import REPO_ROOT, ManagedServer, create_database, database_dsn, drop_database, free_port
 from bench.server import sqlalchemy_url as to_sqlalchemy
+from state_manager.queues.topology import queue_variables
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
@@ -50,18 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def queue_names(prefix: str) -> dict[str, str]:
-    defaults = {
-        "INBOUND_QUEUE": "inbound-whatsapp-messages",
-        "STATUS_QUEUE": "whatsapp-status-updates",
-        "OUTBOUND_QUEUE": "outbound-genesys-messages",
-        "GENESYS_STATUS_QUEUE": "genesys-status-updates",
-        "CORRELATION_QUEUE": "correlation-events",
-        "INBOUND_ENRICHED_QUEUE": "inbound.enriched",
-        "OUTBOUND_PROCESSED_QUEUE": "outbound-processed",
-        "GENESYS_STATUS_PROCESSED_QUEUE": "genesys-status-processed",
-        "DLQ_NAME": "state-manager-dlq",
-    }
-    return {name: prefix + default for name, default in defaults.items()}
+    return {name: prefix + default for name, default in queue_variables().items()}
 
 
 def wait_consuming(url: str, timeout: float = 60.0) -> None:

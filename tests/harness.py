@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from state_manager.queues.topology import queue_variables
 from state_manager.settings import Settings
 
 T = TypeVar("T")
@@ -188,17 +189,7 @@ def rabbitmq_problem(url: str = RABBITMQ_URL) -> str | None:
 
 # The queue settings and their defaults: a test server gets its own names, so that no two servers (nor the
 # machine's other users of RabbitMQ) share a queue.
-QUEUE_SETTINGS = {
-    "INBOUND_QUEUE": "inbound-whatsapp-messages",
-    "STATUS_QUEUE": "whatsapp-status-updates",
-    "OUTBOUND_QUEUE": "outbound-genesys-messages",
-    "GENESYS_STATUS_QUEUE": "genesys-status-updates",
-    "CORRELATION_QUEUE": "correlation-events",
-    "INBOUND_ENRICHED_QUEUE": "inbound.enriched",
-    "OUTBOUND_PROCESSED_QUEUE": "outbound-processed",
-    "GENESYS_STATUS_PROCESSED_QUEUE": "genesys-status-processed",
-    "DLQ_NAME": "state-manager-dlq",
-}
+QUEUE_SETTINGS = queue_variables()
 
 
 def queue_env(prefix: str, url: str = RABBITMQ_URL) -> dict[str, str]:
@@ -268,6 +259,17 @@ class Broker:
 
         return self._run(collect())
 
+    def declare_as_other_services_do(self, setting: str) -> None:
+        """`assertQueue(name, {durable: true})`: fails with PRECONDITION_FAILED unless the queue was declared
+        the same way (durable, no arguments)."""
+
+        async def declare() -> None:
+            channel = await self._connection.channel()
+            await channel.declare_queue(self.names[setting], durable=True)
+            await channel.close()
+
+        self._run(declare())
+
     def depth(self, setting: str) -> int:
         async def count() -> int:
             declared = await self._channel.declare_queue(self.names[setting], passive=True)
@@ -289,6 +291,18 @@ class Broker:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()
+
+
+def eventually(probe: Callable[[], Any], timeout: float = 20.0) -> Any:
+    """The first truthy answer of `probe`, polled; fails with the last answer."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"not reached in {timeout} s; last answer {last!r}")
 
 
 # --- Servers -----------------------------------------------------------------------------------------

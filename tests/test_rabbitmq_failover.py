@@ -12,7 +12,7 @@ import signal
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 
-from harness import Broker, ServerProcess, TcpProxy, queue_env, server_env
+from harness import Broker, ServerProcess, TcpProxy, eventually, queue_env, server_env
 
 CONSUMED = ("INBOUND_QUEUE", "STATUS_QUEUE", "OUTBOUND_QUEUE", "GENESYS_STATUS_QUEUE", "CORRELATION_QUEUE")
 
@@ -37,17 +37,6 @@ def inbound(customer: str, wamid: str) -> dict[str, Any]:
         "phone_number_id": "15550001234",
         "display_phone_number": "+1 555 000 1234",
     }
-
-
-def eventually(probe: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"not reached in {timeout} s; last answer {last!r}")
 
 
 def queue_states(server: ServerProcess) -> set[str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from harness import Api, Broker, hold_row_lock
+from harness import Api, Broker, eventually, hold_row_lock
 
 from .helpers import Tenant, ok, wa_id, wamid
 
@@ -48,18 +48,6 @@ def inbound(tenant: Tenant, customer: str, message_id: str, text: str, **extra: 
         "phone_number_id": WA_NUMBER,
         "display_phone_number": "+1 555 000 1234",
     } | extra
-
-
-def eventually(probe: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """The first truthy answer of `probe`, polled; fails with the last answer."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"not reached in {timeout} s; last answer {last!r}")
 
 
 def message_by_wamid(client: httpx.Client, message_id: str) -> dict[str, Any] | None:
@@ -259,6 +247,11 @@ def test_bad_messages_go_to_the_dlq_at_once_and_are_not_requeued(tenant: Tenant,
     assert unreadable["reason"] == "invalid_payload"
     # Acked, not requeued: nothing is left waiting in the input queues.
     eventually(lambda: broker.depth("INBOUND_QUEUE") == 0 and broker.depth("OUTBOUND_QUEUE") == 0)
+
+
+def test_queues_are_declared_as_the_other_services_declare_them(broker: Broker) -> None:
+    for setting in broker.names:
+        broker.declare_as_other_services_do(setting)
 
 
 def test_health_reports_the_consumers(api: Api, broker: Broker) -> None:

@@ -51,3 +51,10 @@ class Topology:
     @property
     def every_queue(self) -> list[str]:
         return [*self.consumed.values(), *self.outputs.values(), self.dlq]
+
+
+def queue_variables() -> dict[str, str]:
+    """Every queue's environment variable and its default name (for tools that run servers)."""
+    fields = Settings.model_fields
+    names = [name for name in fields if name.endswith("_queue")] + ["dlq_name"]
+    return {name.upper(): str(fields[name].default) for name in names}
