@@ -237,16 +237,24 @@ class QueueConsumers:
         """Consumes `consumed` exclusively; while another process does, waits as a standby and asks again."""
         status = self.queues[consumed]
         while not connection.is_closed:
-            channel = await connection.channel(publisher_confirms=False)
-            channel_closed = _event_on_close(channel)
-            await channel.set_qos(prefetch_count=self.settings.rabbitmq_prefetch_count)
-            queue = await channel.get_queue(status.queue, ensure=False)
             try:
+                channel = await connection.channel(publisher_confirms=False)
+                channel_closed = _event_on_close(channel)
+                await channel.set_qos(prefetch_count=self.settings.rabbitmq_prefetch_count)
+                queue = await channel.get_queue(status.queue, ensure=False)
                 await queue.consume(
                     lambda message: self._received(consumed, generation, message), exclusive=True
                 )
             except aiormq.exceptions.ChannelAccessRefused:
                 status.enter("standby")  # another instance consumes it; the channel was closed
+                await asyncio.sleep(self.settings.rabbitmq_standby_retry_seconds)
+                continue
+            except Exception as exc:
+                # A channel that would not open (the server closed it, say): ask again, never give up on
+                # the queue while the connection lives.
+                status.enter("connecting")
+                status.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("cannot consume; trying again", extra={"queue": status.queue, "error": str(exc)})
                 await asyncio.sleep(self.settings.rabbitmq_standby_retry_seconds)
                 continue
             status.enter("consuming")
