@@ -44,6 +44,14 @@ def queue_states(server: ServerProcess) -> set[str]:
     return {queue["state"] for queue in checks["queues"].values()}
 
 
+def outbox_settled(database: Path) -> bool:
+    """Every output row is marked published. Until then the broker's confirm of the last one may still be
+    on its way, and cutting the connection (or killing the process) there publishes it again, by design
+    (at least once): the tests below wait for this so that a second copy would be a real fault."""
+    with sqlite3.connect(database) as db:
+        return db.execute("SELECT count(*) FROM broker_outbox WHERE published_at IS NULL").fetchone() == (0,)
+
+
 def wamids(bodies: list[dict[str, Any]]) -> list[str]:
     return [body["wamid"] for body in bodies]
 
@@ -94,6 +102,7 @@ def test_consumers_come_back_after_the_connection_drops(
         customer = "14155550100"
         broker.publish("INBOUND_QUEUE", inbound(customer, "wamid.before"))
         assert wamids(broker.take("INBOUND_ENRICHED_QUEUE")) == ["wamid.before"]
+        eventually(lambda: outbox_settled(workdir / "sm.db"))
 
         proxy.refusing = True
         proxy.cut()
@@ -131,9 +140,7 @@ def test_committed_output_left_unpublished_is_published_in_order(
             )
         published = broker.take("INBOUND_ENRICHED_QUEUE", 3)
         assert wamids(published) == ["wamid.left.1", "wamid.left.2", "wamid.left.3"]
-        with sqlite3.connect(database) as db:
-            waiting = db.execute("SELECT count(*) FROM broker_outbox WHERE published_at IS NULL").fetchone()
-        assert waiting == (0,)
+        eventually(lambda: outbox_settled(database))
         assert broker.take("INBOUND_ENRICHED_QUEUE", timeout=2.5) == []  # and only once
     finally:
         assert server.stop(), server.log_tail()
@@ -156,6 +163,7 @@ def test_a_second_instance_stands_by_and_takes_over_when_the_first_dies(
         for message_id in before:
             broker.publish("INBOUND_QUEUE", inbound(customer, message_id))
         assert wamids(broker.take("INBOUND_ENRICHED_QUEUE", 5)) == before
+        eventually(lambda: outbox_settled(database))
 
         assert first.process is not None
         os.killpg(first.process.pid, signal.SIGKILL)

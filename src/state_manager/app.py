@@ -46,20 +46,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await bus.start()
             await startup.prepare_schema(settings, db)
             await startup.first_run(settings, db)
+            auth = Authenticator(
+                db,
+                cache_seconds=settings.api_key_cache_seconds,
+                required=settings.auth_mode is AuthMode.REQUIRED,
+                default_tenant_id=settings.default_tenant_id,
+            )
             inbound = inbound_recorder(db, bus)
             if settings.rabbitmq_url:
-                queues = QueueConsumers(settings, db, bus, inbound)
+                queues = QueueConsumers(settings, db, bus, auth, inbound)
                 await queues.start()
             app.state.services = Services(
                 settings=settings,
                 db=db,
                 cache=cache,
-                auth=Authenticator(
-                    db,
-                    cache_seconds=settings.api_key_cache_seconds,
-                    required=settings.auth_mode is AuthMode.REQUIRED,
-                    default_tenant_id=settings.default_tenant_id,
-                ),
+                auth=auth,
                 bus=bus,
                 inbound=inbound,
                 queues=queues,

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from harness import Api, Broker, eventually, hold_row_lock
 
@@ -267,14 +268,13 @@ def test_health_reports_the_consumers(api: Api, broker: Broker) -> None:
     assert old["checks"]["rabbitmq"]["queue_depth"] == broker.depth("INBOUND_QUEUE")
 
 
+# PostgreSQL only: SQLite has no row locks; a writer there waits the file lock's busy timeout (30 s) instead.
+@pytest.mark.parametrize("server", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
 def test_a_message_that_keeps_failing_is_retried_then_dead_lettered(
     api: Api, tenant: Tenant, broker: Broker
 ) -> None:
     """The conversation's row stays locked by someone else: each try times out waiting for it, is retried
     with backoff (RABBITMQ_MAX_RETRIES=2 here), then goes to the DLQ; nothing half-done is left."""
-    if api.backend != "postgres":
-        # SQLite has no row locks; a writer there waits the file lock's busy timeout (30 s) instead.
-        return
     customer = wa_id()
     broker.publish("INBOUND_QUEUE", inbound(tenant, customer, wamid(), "first"))
     [enriched] = broker.take("INBOUND_ENRICHED_QUEUE", where=of_tenant(tenant))

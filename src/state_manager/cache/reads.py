@@ -41,8 +41,6 @@ class ReadCache:
         self._invalidated_at: OrderedDict[tuple[str, uuid.UUID], int] = OrderedDict()
         self._floor = 0
         self.enabled = ttl_seconds > 0
-        self.hits = 0
-        self.misses = 0
 
     def token(self) -> int:
         """Take before reading the database; give to `put`."""
@@ -51,14 +49,11 @@ class ReadCache:
     def get(self, key: str) -> CachedRead | None:
         entry = self._entries.get(key)
         if entry is None or not self.enabled:
-            self.misses += 1
             return None
         if entry.expires_at <= time.monotonic():
             self._drop(key)
-            self.misses += 1
             return None
         self._entries.move_to_end(key)
-        self.hits += 1
         return entry
 
     def put(

@@ -52,7 +52,7 @@ class InboundRecorder:
 
     async def record(self, tenant_id: str, data: InboundMessage) -> InboundRecorded:
         async with self.bus.publishing_changes(), self.db.transaction(tenant_id, write=True) as conn:
-            return await service.record_inbound(conn, tenant_id, data)
+            return await self.record_in(conn, tenant_id, data)
 
     async def record_in(self, conn: AsyncConnection, tenant_id: str, data: InboundMessage) -> InboundRecorded:
         """The same, in the caller's transaction (whose `publishing_changes` announces the customer)."""

@@ -28,7 +28,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.cache.invalidation import InvalidationBus
 from state_manager.db import Database
-from state_manager.errors import StateManagerError
+from state_manager.errors import BadRequest, NotFound, StateManagerError
 from state_manager.messages.inbound import InboundRecorder
 from state_manager.observability import metrics
 from state_manager.queues import handlers
@@ -47,12 +47,10 @@ from state_manager.queues.schemas import DlqReason, dlq_envelope
 from state_manager.queues.topology import Consumed, Topology
 from state_manager.settings import Settings
 from state_manager.strict_json import parse_body
-from state_manager.tenants import service as tenants
-from state_manager.tenants.auth import valid_tenant_id
+from state_manager.tenants.auth import Authenticator, valid_tenant_id
 
 log = logging.getLogger(__name__)
 
-_TENANT_KNOWN_SECONDS = 30.0
 _CONNECT_BACKOFF_MAX_SECONDS = 15.0
 _PUBLISH_TIMEOUT_SECONDS = 10.0
 _DEPTH_CACHE_SECONDS = 5.0
@@ -78,12 +76,6 @@ class QueueStatus:
     retried: int = 0
     dead_lettered: int = 0
     last_error: str | None = None
-    since: float = field(default_factory=time.time)
-
-    def enter(self, state: str) -> None:
-        if state != self.state:
-            self.state = state
-            self.since = time.time()
 
 
 class KeyedSerial:
@@ -127,12 +119,18 @@ class QueueConsumers:
     """Owns the RabbitMQ connection: consumers, DLQ, the outbox relay's publisher, and their state."""
 
     def __init__(
-        self, settings: Settings, db: Database, bus: InvalidationBus, inbound: InboundRecorder
+        self,
+        settings: Settings,
+        db: Database,
+        bus: InvalidationBus,
+        auth: Authenticator,
+        inbound: InboundRecorder,
     ) -> None:
         assert settings.rabbitmq_url is not None
         self.settings = settings
         self.db = db
         self.bus = bus
+        self.auth = auth
         self.topology = Topology.from_settings(settings)
         self.queues = {consumed: QueueStatus(name) for consumed, name in self.topology.consumed.items()}
         self.connected = False
@@ -148,7 +146,6 @@ class QueueConsumers:
         self._generation = 0  # bumped per connection: a delivery of a closed channel is not processed
         self._publisher: AbstractChannel | None = None
         self._connection: AbstractConnection | None = None
-        self._known_tenants: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._depths: tuple[float, dict[str, int]] = (0.0, {})
 
@@ -203,7 +200,7 @@ class QueueConsumers:
         self.connected = False
         self._generation += 1
         for status in self.queues.values():
-            status.enter("disconnected")
+            status.state = "disconnected"
         if exc is not None:
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.warning("RabbitMQ unavailable; reconnecting", extra={"error": self.last_error})
@@ -246,20 +243,20 @@ class QueueConsumers:
                     lambda message: self._received(consumed, generation, message), exclusive=True
                 )
             except aiormq.exceptions.ChannelAccessRefused:
-                status.enter("standby")  # another instance consumes it; the channel was closed
+                status.state = "standby"  # another instance consumes it; the channel was closed
                 await asyncio.sleep(self.settings.rabbitmq_standby_retry_seconds)
                 continue
             except Exception as exc:
                 # A channel that would not open (the server closed it, say): ask again, never give up on
                 # the queue while the connection lives.
-                status.enter("connecting")
+                status.state = "connecting"
                 status.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("cannot consume; trying again", extra={"queue": status.queue, "error": str(exc)})
                 await asyncio.sleep(self.settings.rabbitmq_standby_retry_seconds)
                 continue
-            status.enter("consuming")
+            status.state = "consuming"
             await channel_closed.wait()
-            status.enter("connecting")
+            status.state = "connecting"
 
     # Processing
 
@@ -365,19 +362,11 @@ class QueueConsumers:
         if not isinstance(given, str):
             raise handlers.Rejected(DlqReason.INVALID_PAYLOAD, "tenantId must be a string")
         try:
-            tenant_id = valid_tenant_id(given)
-        except StateManagerError as exc:
+            return await self.auth.known_tenant(valid_tenant_id(given))
+        except (BadRequest, NotFound) as exc:
             raise handlers.Rejected(
-                DlqReason.INVALID_PAYLOAD, f"tenantId {given[:80]!r} is not a tenant ID"
+                DlqReason.INVALID_PAYLOAD, f"tenantId {given[:80]!r}: {exc.detail}"
             ) from exc
-        if self._known_tenants.get(tenant_id, 0.0) > time.monotonic():
-            return tenant_id
-        async with self.db.transaction(None, write=False) as conn:
-            exists = await tenants.tenant_exists(conn, tenant_id)
-        if not exists:
-            raise handlers.Rejected(DlqReason.INVALID_PAYLOAD, f"no tenant {tenant_id!r}")
-        self._known_tenants[tenant_id] = time.monotonic() + _TENANT_KNOWN_SECONDS
-        return tenant_id
 
     @asynccontextmanager
     async def _write(self, tenant_id: str) -> AsyncIterator[AsyncConnection]:

@@ -18,9 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.conversations import service as conversations
 from state_manager.conversations.lifecycle import ConversationState
-from state_manager.customers import service as customers
-from state_manager.customers.identity import IdentityChannel
-from state_manager.customers.schemas import IdentityIn
 from state_manager.db.types import utcnow
 from state_manager.errors import Conflict, LockTimeout, NotFound, StateManagerError, Unavailable
 from state_manager.messages import outbound
@@ -116,7 +113,6 @@ def _first_error(exc: ValidationError) -> str:
 async def inbound(work: Work, delivery: Delivery) -> None:
     queued = _parse(QueuedInboundMessage, delivery.document)
     message = queued_message(queued)
-    customers.normalized(IdentityIn(channel=IdentityChannel.WHATSAPP, external_id=message.wa_id), "wa_id")
     async with work.write(delivery.tenant_id) as conn:
         recorded = await work.inbound.record_in(conn, delivery.tenant_id, message)
         if recorded.duplicate:

@@ -89,13 +89,13 @@ class Authenticator:
             if not self.required:
                 return self.default_tenant_id
             raise BadRequest("name the tenant with the X-Tenant-ID header")
-        await self._require_tenant(requested)
-        return requested
+        return await self.known_tenant(requested)
 
-    async def _require_tenant(self, tenant_id: str) -> None:
+    async def known_tenant(self, tenant_id: str) -> str:
+        """`tenant_id`, once checked to exist (remembered for the cache time); NotFound otherwise."""
         now = time.monotonic()
         if self._tenants.get(tenant_id, 0.0) > now:
-            return
+            return tenant_id
         async with self._db.transaction(None, write=False) as conn:
             exists = await service.tenant_exists(conn, tenant_id)
         if not exists:
@@ -103,3 +103,4 @@ class Authenticator:
         if len(self._tenants) > 10_000:
             self._tenants.clear()
         self._tenants[tenant_id] = now + self._ttl
+        return tenant_id
