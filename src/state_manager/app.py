@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,8 +13,9 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from state_manager import http_errors, startup
-from state_manager.cache import open_cache
-from state_manager.cache.invalidation import open_bus
+from state_manager.cache import admin as cache_admin
+from state_manager.cache import open_lookup_cache
+from state_manager.cache.warming import warm_at_start
 from state_manager.compat.routes import router as compat_router
 from state_manager.context.routes import router as context_router
 from state_manager.conversations.routes import router as conversations_router
@@ -39,11 +42,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_level, settings.log_format)
         db = open_database(settings)
-        cache = open_cache(settings)
-        bus = open_bus(settings)
+        cache = open_lookup_cache(settings)
         queues = None
+        warming: asyncio.Task[None] | None = None
         try:
-            await bus.start()
+            await cache.start()
             await startup.prepare_schema(settings, db)
             await startup.first_run(settings, db)
             auth = Authenticator(
@@ -52,16 +55,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 required=settings.auth_mode is AuthMode.REQUIRED,
                 default_tenant_id=settings.default_tenant_id,
             )
-            inbound = inbound_recorder(db, bus)
+            inbound = inbound_recorder(db, cache)
             if settings.rabbitmq_url:
-                queues = QueueConsumers(settings, db, bus, auth, inbound)
+                queues = QueueConsumers(settings, db, cache, auth, inbound)
                 await queues.start()
             app.state.services = Services(
                 settings=settings,
                 db=db,
                 cache=cache,
                 auth=auth,
-                bus=bus,
                 inbound=inbound,
                 queues=queues,
             )
@@ -69,11 +71,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # collector's generations removes most of its pauses from the request path.
             gc.collect()
             gc.freeze()
+            warming = asyncio.create_task(warm_at_start(settings, db, cache), name="cache-warming")
             yield
         finally:
+            if warming is not None:
+                warming.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await warming
             if queues is not None:
                 await queues.stop()
-            await bus.close()
             await cache.close()
             await db.dispose()
 
@@ -97,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(context_router)
     app.include_router(tenant_routes.own)
     app.include_router(tenant_routes.admin)
+    app.include_router(cache_admin.router)
     app.include_router(compat_router)
     return app
 

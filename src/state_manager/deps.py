@@ -10,9 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from state_manager.cache import Cache
-from state_manager.cache.invalidation import InvalidationBus
-from state_manager.cache.reads import ReadCache
+from state_manager.cache import LookupCache
 from state_manager.db import Database
 from state_manager.errors import Forbidden
 from state_manager.messages.inbound import InboundRecorder
@@ -28,9 +26,8 @@ class Services:
 
     settings: Settings
     db: Database
-    cache: Cache
+    cache: LookupCache
     auth: Authenticator
-    bus: InvalidationBus
     inbound: InboundRecorder
     queues: QueueConsumers | None  # when RABBITMQ_URL is set
 
@@ -78,16 +75,12 @@ class TenantScope:
 
     tenant_id: str
     db: Database
-    bus: InvalidationBus
-
-    @property
-    def reads(self) -> ReadCache:
-        return self.bus.reads
+    cache: LookupCache
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction; once it commits, the customers it touched leave every read cache."""
-        async with self.bus.publishing_changes(), self.db.transaction(self.tenant_id, write=True) as conn:
+        async with self.cache.publishing_changes(), self.db.transaction(self.tenant_id, write=True) as conn:
             yield conn
 
     @asynccontextmanager
@@ -109,7 +102,7 @@ async def get_tenant_scope(request: Request) -> TenantScope:
         _presented_key(headers.get("authorization"), headers.get("x-api-key"))
     )
     tenant_id = await services.auth.tenant_for(principal, headers.get("x-tenant-id"))
-    return TenantScope(tenant_id=tenant_id, db=services.db, bus=services.bus)
+    return TenantScope(tenant_id=tenant_id, db=services.db, cache=services.cache)
 
 
 TenantDep = Annotated[TenantScope, Depends(get_tenant_scope)]

@@ -42,11 +42,32 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=20, ge=1, le=500)
     db_max_overflow: int = Field(default=0, ge=0, le=500)
     api_key_cache_seconds: float = Field(default=30.0, ge=0)
-    lookup_cache_seconds: float = Field(
+    # The lookup cache (docs/design.md, "Lookup cache"): an in-process LRU in front of Redis.
+    cache_local_seconds: float = Field(
         default=30.0,
         ge=0,
         le=3600,
-        description="How long a process may answer a lookup from memory (writes drop it at once); 0 = off.",
+        description="How long a process keeps a lookup (writes drop it at once); 0 = no local tier.",
+    )
+    cache_local_max_entries: int = Field(default=20_000, ge=0, le=10_000_000)
+    cache_local_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0, le=16 * 1024**3)
+    cache_shared_seconds: float = Field(
+        default=300.0, ge=0, le=86_400, description="How long Redis keeps a lookup; 0 = no shared tier."
+    )
+    cache_timeout_seconds: float = Field(
+        default=0.1, gt=0, le=10, description="A Redis call slower than this counts as a failure."
+    )
+    cache_breaker_failures: int = Field(
+        default=3, ge=1, le=1000, description="Failures in a row that open the circuit to Redis."
+    )
+    cache_breaker_seconds: float = Field(
+        default=2.0, gt=0, le=600, description="How long an open circuit skips Redis before one trial call."
+    )
+    cache_warm_limit: int = Field(
+        default=1000, ge=0, le=1_000_000, description="Open conversations warmed at start (0 = none)."
+    )
+    cache_warm_hours: float = Field(
+        default=24.0, gt=0, le=24 * 365, description="Warm conversations active within this many hours."
     )
     default_tenant_id: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import uuid
 
+from pydantic import TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.agents.schemas import EARLIER_CONVERSATIONS, AgentContext
+from state_manager.cache import Loaded, LookupCache
+from state_manager.cache.lookups import AGENT_CONTEXT
 from state_manager.context import service as context
 from state_manager.conversations import service as conversations
 from state_manager.customers import service as customers
+from state_manager.db import Database
 from state_manager.messages import service as messages
 
 
@@ -42,3 +46,25 @@ async def agent_context(
         more_messages=len(latest) > message_count,
         earlier_conversations=[c for c in earlier if c.id != conversation_id][:EARLIER_CONVERSATIONS],
     )
+
+
+_AGENT_CONTEXT_JSON = TypeAdapter(AgentContext)
+
+
+async def agent_context_cached(
+    db: Database, cache: LookupCache, tenant_id: str, conversation_id: uuid.UUID, *, message_count: int
+) -> tuple[bytes, str]:
+    """`agent_context` through the cache. Its conversation's and customer's tags cover every part: writes
+    to messages, participants and context name the conversation; to the profile, context and the other
+    conversations, the customer."""
+
+    async def load() -> Loaded:
+        async with db.transaction(tenant_id, write=False) as conn:
+            found = await agent_context(conn, tenant_id, conversation_id, message_count=message_count)
+        entry = conversations.cacheable(found.conversation)
+        # The other conversations' reply windows are in the answer too.
+        windows = [conversations.window_left(c) for c in found.earlier_conversations]
+        valid_for = min([s for s in (entry.valid_for, *windows) if s is not None], default=None)
+        return Loaded(_AGENT_CONTEXT_JSON.dump_json(found), entry.etag, entry.tags, valid_for)
+
+    return await cache.get(AGENT_CONTEXT, tenant_id, f"{conversation_id}:{message_count}", load)

@@ -30,7 +30,7 @@ def replay(
     Every accepted webhook body is kept per tenant. Replaying is safe: a message is recorded once and
     statuses merge, so only what was missed changes (say, after a bug fix or a restore). With REDIS_URL
     set, running servers drop what they cached about the customers a replay touches; on the embedded
-    default a running server may answer a lookup from its cache for up to LOOKUP_CACHE_SECONDS.
+    default a running server may answer a lookup from its cache for up to CACHE_LOCAL_SECONDS.
     """
     event_ids = []
     for given in event or []:
@@ -49,7 +49,7 @@ def replay(
     settings = load_settings()
 
     async def work(db: Database) -> list[Replayed]:
-        from state_manager.cache.invalidation import open_bus
+        from state_manager.cache import open_lookup_cache
         from state_manager.messages.inbound import inbound_recorder
         from state_manager.tenants import service as tenants
         from state_manager.webhooks import service
@@ -57,13 +57,14 @@ def replay(
         async with db.transaction(None, write=False) as conn:
             if not await tenants.tenant_exists(conn, tenant):
                 fail(f"tenant {tenant!r} not found")
-        bus = open_bus(settings)
+        cache = open_lookup_cache(settings)
+        await cache.start()  # so that what the replay changes leaves the running servers' caches
         try:
             return await service.replay(
-                db, bus, inbound_recorder(db, bus), tenant, event_ids=event_ids, since=start
+                db, cache, inbound_recorder(db, cache), tenant, event_ids=event_ids, since=start
             )
         finally:
-            await bus.close()
+            await cache.close()
 
     done = with_database(settings, work)
     print_table(

@@ -102,7 +102,7 @@ async def compat_scope(
         request.headers.get("x-tenant-id"), request.query_params.get("tenantId"), body
     )
     tenant_id = await services.auth.tenant_for(principal, requested)
-    return TenantScope(tenant_id=tenant_id, db=services.db, bus=services.bus)
+    return TenantScope(tenant_id=tenant_id, db=services.db, cache=services.cache)
 
 
 CompatScope = Annotated[TenantScope, Depends(compat_scope)]

@@ -122,9 +122,9 @@ def legacy_status(state: ConversationState) -> str:
 async def health_report(services: Services) -> tuple[int, dict[str, Any]]:
     """The old `/health` body, from the same checks as `/health/ready`; `rabbitmq.queue_depth` is the
     inbound queue's, as the old service meant it to be."""
-    (_, database), (_, cache), queues = await asyncio.gather(
+    (_, database), cache, queues = await asyncio.gather(
         health.run_check("database", services.db.ping),
-        health.run_check("cache", services.cache.ping),
+        health.cache_check(services),
         health.queues_check(services),
     )
     if queues.get("depths") and services.queues is not None:
@@ -140,7 +140,7 @@ async def health_report(services: Services) -> tuple[int, dict[str, Any]]:
         "timestamp": dt.datetime.now(dt.UTC).isoformat(),
         "checks": {
             "database": {"latency_ms": None, **database},
-            "redis": {"latency_ms": None, **cache, "backend": services.cache.name},
+            "redis": {"latency_ms": None, **cache},
             "rabbitmq": queues,
         },
         "uptime_seconds": round(time.monotonic() - _STARTED, 3),

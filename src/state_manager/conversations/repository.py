@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from state_manager.cache.invalidation import customer_changed
+from state_manager.cache.invalidation import changed, conversation_tag, customer_tag
 from state_manager.conversations.lifecycle import OPEN_STATES
 from state_manager.conversations.models import OPEN_STATES_SQL, conversations, participants, state_changes
 from state_manager.customers.models import customer_identities
@@ -38,6 +38,11 @@ c = conversations.c
 def _later(column: Any, at: dt.datetime) -> ColumnElement[Any]:
     """The later of a column and a time, so that a late or repeated event never moves a clock back."""
     return case((or_(column.is_(None), column < at), at), else_=column)
+
+
+def _changed(tenant_id: str, row: RowMapping) -> None:
+    # Which conversation is open for the customer, and everything shown with the conversation.
+    changed(tenant_id, customer_tag(row["customer_id"]), conversation_tag(row["id"]))
 
 
 async def get(
@@ -112,7 +117,7 @@ async def insert_open(conn: AsyncConnection, tenant_id: str, values: dict[str, A
     )
     found: RowMapping | None = (await conn.execute(statement)).mappings().first()
     if found is not None:
-        customer_changed(tenant_id, found["customer_id"])
+        _changed(tenant_id, found)
     return found
 
 
@@ -138,7 +143,7 @@ async def update_versioned(
     )
     found: RowMapping | None = (await conn.execute(statement)).mappings().first()
     if found is not None:
-        customer_changed(tenant_id, found["customer_id"])
+        _changed(tenant_id, found)
     return found
 
 
@@ -164,7 +169,7 @@ async def record_activity(
         .returning(conversations)
     )
     row: RowMapping = (await conn.execute(statement)).mappings().one()
-    customer_changed(tenant_id, row["customer_id"])
+    _changed(tenant_id, row)
     return row
 
 
@@ -274,6 +279,8 @@ async def insert_participant(
         .returning(participants)
     )
     found: RowMapping | None = (await conn.execute(statement)).mappings().first()
+    if found is not None:
+        changed(tenant_id, conversation_tag(values["conversation_id"]))
     return found
 
 
@@ -312,6 +319,7 @@ async def mark_left(
     conditions = [p.tenant_id == tenant_id, p.conversation_id == conversation_id, p.left_at.is_(None)]
     if participant_id is not None:
         conditions.append(p.id == participant_id)
+    changed(tenant_id, conversation_tag(conversation_id))
     left = case((p.joined_at > at, p.joined_at), else_=at)
     await conn.execute(update(participants).where(*conditions).values(left_at=left))
 
@@ -323,3 +331,24 @@ async def find_by_genesys_field(
     query = select(conversations.c.id).where(c.tenant_id == tenant_id, column == value)
     found: RowMapping | None = (await conn.execute(query)).mappings().first()
     return found
+
+
+async def recently_active_open(
+    conn: AsyncConnection, tenant_id: str, since: dt.datetime, limit: int
+) -> Sequence[RowMapping]:
+    """The open conversations active since `since`, the latest first, with the customer's WhatsApp ID (as
+    `wa_id`) where it has one: what the cache is warmed with."""
+    i = customer_identities.c
+    query = (
+        select(
+            c.id, c.customer_id, c.business_number_id, c.genesys_conversation_id, i.external_id.label("wa_id")
+        )
+        .outerjoin(
+            customer_identities,
+            and_(i.tenant_id == c.tenant_id, i.customer_id == c.customer_id, i.channel == "whatsapp"),
+        )
+        .where(c.tenant_id == tenant_id, OPEN_FILTER, c.last_activity_at >= since)
+        .order_by(c.last_activity_at.desc())
+        .limit(limit)
+    )
+    return (await conn.execute(query)).mappings().all()

@@ -112,19 +112,21 @@ async def get_open_conversation(
         raise BadRequest("give wa_id, or channel and external_id")
     key = customers.normalized(identity, "wa_id" if wa_id is not None else "external_id")
     body, tag = await service.open_by_identity_cached(
-        scope.db, scope.reads, scope.tenant_id, *key, business_number_id
+        scope.db, scope.cache, scope.tenant_id, *key, business_number_id
     )
     return Response(body, media_type="application/json", headers={"ETag": tag})
 
 
-@router.get("/by-genesys-id/{genesys_conversation_id}")
-async def get_conversation_by_genesys_id(
-    genesys_conversation_id: str, scope: TenantDep, response: Response
-) -> ConversationRead:
-    async with scope.read() as conn:
-        return _with_etag(
-            response, await service.by_genesys_id(conn, scope.tenant_id, genesys_conversation_id)
-        )
+@router.get(
+    "/by-genesys-id/{genesys_conversation_id}",
+    response_model=ConversationRead,
+    responses={200: {"headers": {"ETag": {"description": "the conversation's version"}}}},
+)
+async def get_conversation_by_genesys_id(genesys_conversation_id: str, scope: TenantDep) -> Response:
+    body, tag = await service.by_genesys_id_cached(
+        scope.db, scope.cache, scope.tenant_id, genesys_conversation_id
+    )
+    return Response(body, media_type="application/json", headers={"ETag": tag})
 
 
 @router.get("/{conversation_id}")
@@ -209,11 +211,15 @@ async def remove_participant(
 @router.get(
     "/{conversation_id}/agent-context",
     summary="Everything an agent needs: conversation, participants, customer, context, messages, history",
+    response_model=AgentContext,
+    responses={200: {"headers": {"ETag": {"description": "the conversation's version"}}}},
 )
 async def get_agent_context(
     conversation_id: uuid.UUID,
     scope: TenantDep,
     messages: Annotated[int, Query(ge=0, le=MAX_MESSAGES)] = DEFAULT_MESSAGES,
-) -> AgentContext:
-    async with scope.read() as conn:
-        return await agents.agent_context(conn, scope.tenant_id, conversation_id, message_count=messages)
+) -> Response:
+    body, tag = await agents.agent_context_cached(
+        scope.db, scope.cache, scope.tenant_id, conversation_id, message_count=messages
+    )
+    return Response(body, media_type="application/json", headers={"ETag": tag})

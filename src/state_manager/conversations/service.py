@@ -10,8 +10,9 @@ from pydantic import TypeAdapter
 from sqlalchemy import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from state_manager.cache.base import key as cache_key
-from state_manager.cache.reads import ReadCache
+from state_manager.cache import Loaded, LookupCache
+from state_manager.cache.invalidation import conversation_tag, customer_tag
+from state_manager.cache.lookups import CONVERSATION_BY_GENESYS_ID, OPEN_CONVERSATION
 from state_manager.conversations import repository as repo
 from state_manager.conversations.lifecycle import FINAL_STATES, TRANSITIONS, ConversationState, can_transition
 from state_manager.conversations.schemas import (
@@ -149,32 +150,56 @@ async def open_by_identity(
 _CONVERSATION_JSON = TypeAdapter(ConversationRead)
 
 
+def window_left(conversation: ConversationRead) -> float | None:
+    """Seconds until `reply_window_open` turns false; None when it is false already."""
+    if not conversation.reply_window_open:
+        return None
+    assert conversation.reply_window_ends_at is not None
+    return (conversation.reply_window_ends_at - utcnow()).total_seconds()
+
+
+def cacheable(conversation: ConversationRead) -> Loaded:
+    """A conversation as a cache entry: never kept once closed or expired (such conversations leave the
+    cache), nor past the end of the reply window it reports as open (`reply_window_open` is computed when
+    the JSON is made)."""
+    valid_for = 0.0 if conversation.state in FINAL_STATES else window_left(conversation)
+    return Loaded(
+        _CONVERSATION_JSON.dump_json(conversation),
+        etag(conversation.version),
+        (customer_tag(conversation.customer_id), conversation_tag(conversation.id)),
+        valid_for,
+    )
+
+
 async def open_by_identity_cached(
     db: Database,
-    reads: ReadCache,
+    cache: LookupCache,
     tenant_id: str,
     channel: str,
     external_id: str,
     business_number_id: str | None,
 ) -> tuple[bytes, str]:
-    """`open_by_identity` as JSON and its ETag, from this process's read cache when it can be.
+    """`open_by_identity` as JSON and its ETag, through the cache: the hottest read of all (each inbound
+    and outbound message asks it)."""
 
-    The hottest read of all (each inbound and outbound message asks it). An entry never outlives the
-    reply window it reports as open, since `reply_window_open` is computed when the JSON is made.
-    """
-    key = cache_key(tenant_id, "open", channel, external_id, business_number_id or "*")
-    if (hit := reads.get(key)) is not None:
-        return hit.body, hit.etag
-    token = reads.token()
-    async with db.transaction(tenant_id, write=False) as conn:
-        found = await open_by_identity(conn, tenant_id, channel, external_id, business_number_id)
-    body, tag = _CONVERSATION_JSON.dump_json(found), etag(found.version)
-    window = found.reply_window_ends_at
-    valid_for = (
-        (window - utcnow()).total_seconds() if window is not None and found.reply_window_open else None
-    )
-    reads.put(key, (tenant_id, found.customer_id), body, tag, token=token, valid_for=valid_for)
-    return body, tag
+    async def load() -> Loaded:
+        async with db.transaction(tenant_id, write=False) as conn:
+            found = await open_by_identity(conn, tenant_id, channel, external_id, business_number_id)
+        return cacheable(found)
+
+    # The free-form external ID goes last, so that the key is unambiguous whatever it holds.
+    key = f"{business_number_id or '*'}:{channel}:{external_id}"
+    return await cache.get(OPEN_CONVERSATION, tenant_id, key, load)
+
+
+async def by_genesys_id_cached(
+    db: Database, cache: LookupCache, tenant_id: str, genesys_conversation_id: str
+) -> tuple[bytes, str]:
+    async def load() -> Loaded:
+        async with db.transaction(tenant_id, write=False) as conn:
+            return cacheable(await by_genesys_id(conn, tenant_id, genesys_conversation_id))
+
+    return await cache.get(CONVERSATION_BY_GENESYS_ID, tenant_id, genesys_conversation_id, load)
 
 
 def _check_version(row: RowMapping, expected: int | None) -> None:

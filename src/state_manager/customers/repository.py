@@ -107,6 +107,8 @@ async def update_versioned(
         .returning(customers)
     )
     found: RowMapping | None = (await conn.execute(statement)).mappings().first()
+    if found is not None:
+        customer_changed(tenant_id, customer_id)
     return found
 
 
@@ -124,6 +126,7 @@ async def list_page(
 
 
 async def delete_customer(conn: AsyncConnection, tenant_id: str, customer_id: uuid.UUID) -> None:
+    customer_changed(tenant_id, customer_id)
     await conn.execute(
         customers.delete().where(customers.c.tenant_id == tenant_id, customers.c.id == customer_id)
     )
@@ -132,6 +135,7 @@ async def delete_customer(conn: AsyncConnection, tenant_id: str, customer_id: uu
 async def set_display_name_if_changed(
     conn: AsyncConnection, tenant_id: str, customer_id: uuid.UUID, name: str, at: dt.datetime
 ) -> None:
+    customer_changed(tenant_id, customer_id)
     await conn.execute(
         update(customers)
         .where(

@@ -43,12 +43,14 @@ async def list_customers(
     return Page(items=items, next_cursor=next_cursor)
 
 
-@router.get("/by-identity/{channel}/{external_id}")
-async def get_customer_by_identity(
-    channel: IdentityChannel, external_id: str, scope: TenantDep, response: Response
-) -> CustomerRead:
-    async with scope.read() as conn:
-        return _with_etag(response, await service.by_identity(conn, scope.tenant_id, channel, external_id))
+@router.get(
+    "/by-identity/{channel}/{external_id}",
+    response_model=CustomerRead,
+    responses={200: {"headers": {"ETag": {"description": "the customer's version"}}}},
+)
+async def get_customer_by_identity(channel: IdentityChannel, external_id: str, scope: TenantDep) -> Response:
+    body, tag = await service.by_identity_cached(scope.db, scope.cache, scope.tenant_id, channel, external_id)
+    return Response(body, media_type="application/json", headers={"ETag": tag})
 
 
 @router.get("/{customer_id}")

@@ -6,13 +6,19 @@ import datetime as dt
 import uuid
 from typing import Any
 
+from pydantic import TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from state_manager.cache import Loaded, LookupCache
+from state_manager.cache.invalidation import customer_tag
+from state_manager.cache.lookups import CUSTOMER_BY_IDENTITY
 from state_manager.customers import repository as repo
 from state_manager.customers.identity import IdentityChannel, InvalidIdentity, normalize, phone_from_wa_id
 from state_manager.customers.schemas import CustomerCreate, CustomerRead, CustomerUpdate, IdentityIn
+from state_manager.db import Database
 from state_manager.db.types import utcnow
 from state_manager.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
+from state_manager.etag import etag
 from state_manager.jsonpatch import merge_patch
 
 
@@ -64,6 +70,23 @@ async def by_identity(
     if customer_id is None:
         raise NotFound(f"no customer with identity {key[0]}:{key[1]}")
     return await read(conn, tenant_id, customer_id)
+
+
+_CUSTOMER_JSON = TypeAdapter(CustomerRead)
+
+
+async def by_identity_cached(
+    db: Database, cache: LookupCache, tenant_id: str, channel: IdentityChannel, external_id: str
+) -> tuple[bytes, str]:
+    """`by_identity` as JSON and its ETag, through the cache."""
+    key = normalized(IdentityIn(channel=channel, external_id=external_id), "external_id")
+
+    async def load() -> Loaded:
+        async with db.transaction(tenant_id, write=False) as conn:
+            found = await by_identity(conn, tenant_id, channel, external_id)
+        return Loaded(_CUSTOMER_JSON.dump_json(found), etag(found.version), (customer_tag(found.id),))
+
+    return await cache.get(CUSTOMER_BY_IDENTITY, tenant_id, f"{key[0]}:{key[1]}", load)
 
 
 async def update(

@@ -15,7 +15,8 @@ import asyncpg
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from state_manager.cache.invalidation import InvalidationBus, customer_changed
+from state_manager.cache import LookupCache
+from state_manager.cache.invalidation import changed, conversation_tag, customer_tag
 from state_manager.conversations.lifecycle import ConversationState
 from state_manager.conversations.repository import REPLY_WINDOW
 from state_manager.customers import service as customers
@@ -43,15 +44,20 @@ def _phone_of(wa_id: str) -> str | None:
     return phone_from_wa_id(wa_id)
 
 
+def _changed_by(recorded: InboundRecorded) -> tuple[str, str]:
+    # The stored function wrote the customer's conversation (activity) and added to its messages.
+    return customer_tag(recorded.customer_id), conversation_tag(recorded.conversation_id)
+
+
 class InboundRecorder:
     """The general path, on any database."""
 
-    def __init__(self, db: Database, bus: InvalidationBus) -> None:
+    def __init__(self, db: Database, cache: LookupCache) -> None:
         self.db = db
-        self.bus = bus
+        self.cache = cache
 
     async def record(self, tenant_id: str, data: InboundMessage) -> InboundRecorded:
-        async with self.bus.publishing_changes(), self.db.transaction(tenant_id, write=True) as conn:
+        async with self.cache.publishing_changes(), self.db.transaction(tenant_id, write=True) as conn:
             return await self.record_in(conn, tenant_id, data)
 
     async def record_in(self, conn: AsyncConnection, tenant_id: str, data: InboundMessage) -> InboundRecorded:
@@ -62,14 +68,14 @@ class InboundRecorder:
 class PostgresInboundRecorder(InboundRecorder):
     db: PostgresDatabase
 
-    def __init__(self, db: PostgresDatabase, bus: InvalidationBus) -> None:
-        super().__init__(db, bus)
+    def __init__(self, db: PostgresDatabase, cache: LookupCache) -> None:
+        super().__init__(db, cache)
 
     async def record(self, tenant_id: str, data: InboundMessage) -> InboundRecorded:
         async with self.db.driver_connection() as connection:
             recorded = await self._call(connection, tenant_id, data)
         if not recorded.duplicate:
-            await self.bus.publish({(tenant_id, recorded.customer_id)})
+            await self.cache.publish({(tenant_id, tag) for tag in _changed_by(recorded)})
         return recorded
 
     async def record_in(self, conn: AsyncConnection, tenant_id: str, data: InboundMessage) -> InboundRecorded:
@@ -77,7 +83,7 @@ class PostgresInboundRecorder(InboundRecorder):
         assert isinstance(driver, asyncpg.Connection)
         recorded = await self._call(driver, tenant_id, data)
         if not recorded.duplicate:
-            customer_changed(tenant_id, recorded.customer_id)
+            changed(tenant_id, *_changed_by(recorded))
         return recorded
 
     async def _call(
@@ -136,8 +142,8 @@ class PostgresInboundRecorder(InboundRecorder):
         )
 
 
-def inbound_recorder(db: Database, bus: InvalidationBus) -> InboundRecorder:
+def inbound_recorder(db: Database, cache: LookupCache) -> InboundRecorder:
     """The recorder for this database; called once, at start-up."""
     if isinstance(db, PostgresDatabase):
-        return PostgresInboundRecorder(db, bus)
-    return InboundRecorder(db, bus)
+        return PostgresInboundRecorder(db, cache)
+    return InboundRecorder(db, cache)

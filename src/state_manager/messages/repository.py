@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import RowMapping, and_, bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from state_manager.cache.invalidation import changed, conversation_tag, message_tag
 from state_manager.conversations.models import conversations
 from state_manager.conversations.repository import OPEN_FILTER
 from state_manager.customers.models import customer_identities, customers
@@ -22,6 +23,7 @@ pr = pending_receipts.c
 # What the receipt merge needs to read and may write.
 RECEIPT_COLUMNS = (
     m.id,
+    m.conversation_id,
     m.direction,
     m.wamid,
     m.genesys_message_id,
@@ -57,6 +59,8 @@ async def insert(conn: AsyncConnection, tenant_id: str, values: dict[str, Any]) 
         .returning(messages)
     )
     found: RowMapping | None = (await conn.execute(statement)).mappings().first()
+    if found is not None:
+        changed(tenant_id, conversation_tag(found["conversation_id"]))
     return found
 
 
@@ -70,6 +74,22 @@ async def by_external_id(
     conn: AsyncConnection, tenant_id: str, kind: str, external_id: str
 ) -> RowMapping | None:
     query = select(messages).where(m.tenant_id == tenant_id, _id_column(kind) == external_id)
+    found: RowMapping | None = (await conn.execute(query)).mappings().first()
+    return found
+
+
+async def by_external_id_with_state(
+    conn: AsyncConnection, tenant_id: str, kind: str, external_id: str
+) -> RowMapping | None:
+    """The message and, as `conversation_state`, the state of its conversation."""
+    query = (
+        select(messages, conversations.c.state.label("conversation_state"))
+        .join(
+            conversations,
+            and_(conversations.c.tenant_id == m.tenant_id, conversations.c.id == m.conversation_id),
+        )
+        .where(m.tenant_id == tenant_id, _id_column(kind) == external_id)
+    )
     found: RowMapping | None = (await conn.execute(query)).mappings().first()
     return found
 
@@ -128,9 +148,12 @@ async def lock_for_receipts(
 async def write_times(
     conn: AsyncConnection, tenant_id: str, changes: Sequence[dict[str, Any]], at: dt.datetime
 ) -> None:
-    """Writes merged receipt times, one row per change (sent as one batch)."""
+    """Writes merged receipt times, one row per change (sent as one batch); each change names its
+    message's `id` and `conversation_id`."""
     if not changes:
         return
+    for change in changes:
+        changed(tenant_id, message_tag(change["id"]), conversation_tag(change["conversation_id"]))
     statement = (
         update(messages)
         .where(m.tenant_id == bindparam("b_tenant_id"), m.id == bindparam("b_id"))
@@ -153,6 +176,7 @@ async def set_external_ids(
         .returning(messages)
     )
     row: RowMapping = (await conn.execute(statement)).mappings().one()
+    changed(tenant_id, message_tag(message_id), conversation_tag(row["conversation_id"]))
     return row
 
 

@@ -79,16 +79,18 @@ async def list_messages(
     return Page(items=items, next_cursor=next_cursor)
 
 
-@router.get("/v1/messages/by-wamid/{wamid}")
-async def get_message_by_wamid(wamid: str, scope: TenantDep) -> MessageRead:
-    async with scope.read() as conn:
-        return await service.by_external_id(conn, scope.tenant_id, "wamid", wamid)
+@router.get("/v1/messages/by-wamid/{wamid}", response_model=MessageRead)
+async def get_message_by_wamid(wamid: str, scope: TenantDep) -> Response:
+    body = await service.by_external_id_cached(scope.db, scope.cache, scope.tenant_id, "wamid", wamid)
+    return Response(body, media_type="application/json")
 
 
-@router.get("/v1/messages/by-genesys-id/{genesys_message_id}")
-async def get_message_by_genesys_id(genesys_message_id: str, scope: TenantDep) -> MessageRead:
-    async with scope.read() as conn:
-        return await service.by_external_id(conn, scope.tenant_id, "genesys", genesys_message_id)
+@router.get("/v1/messages/by-genesys-id/{genesys_message_id}", response_model=MessageRead)
+async def get_message_by_genesys_id(genesys_message_id: str, scope: TenantDep) -> Response:
+    body = await service.by_external_id_cached(
+        scope.db, scope.cache, scope.tenant_id, "genesys", genesys_message_id
+    )
+    return Response(body, media_type="application/json")
 
 
 @router.get("/v1/messages/{message_id}")

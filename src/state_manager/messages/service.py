@@ -8,9 +8,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+from pydantic import TypeAdapter
 from sqlalchemy import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from state_manager.cache import Loaded, LookupCache
+from state_manager.cache.invalidation import conversation_tag, message_tag
+from state_manager.cache.lookups import MESSAGE_BY_GENESYS_ID, MESSAGE_BY_WAMID
 from state_manager.conversations import repository as conversations_repo
 from state_manager.conversations import service as conversations
 from state_manager.conversations.lifecycle import FINAL_STATES, ConversationState
@@ -18,6 +22,7 @@ from state_manager.conversations.schemas import ConversationRead, ConversationUp
 from state_manager.customers import service as customers
 from state_manager.customers.identity import IdentityChannel
 from state_manager.customers.schemas import IdentityIn
+from state_manager.db import Database
 from state_manager.db.locks import lock_names
 from state_manager.db.types import utcnow
 from state_manager.errors import Conflict, NotFound
@@ -157,7 +162,12 @@ async def _apply_held(conn: AsyncConnection, tenant_id: str, row: RowMapping) ->
             times,
             Receipt(status, receipt["occurred_at"], failure if status is ReceiptStatus.FAILED else None),
         )
-    await repo.write_times(conn, tenant_id, [{"id": row["id"], **_time_values(times)}], utcnow())
+    await repo.write_times(
+        conn,
+        tenant_id,
+        [{"id": row["id"], "conversation_id": row["conversation_id"], **_time_values(times)}],
+        utcnow(),
+    )
     refreshed = await repo.get(conn, tenant_id, row["id"])
     assert refreshed is not None
     return refreshed
@@ -266,6 +276,32 @@ async def by_external_id(conn: AsyncConnection, tenant_id: str, kind: str, exter
     if row is None:
         raise NotFound(f"no message with {'wamid' if kind == 'wamid' else 'Genesys ID'} {external_id}")
     return to_read(row)
+
+
+_MESSAGE_JSON = TypeAdapter(MessageRead)
+
+
+async def by_external_id_cached(
+    db: Database, cache: LookupCache, tenant_id: str, kind: str, external_id: str
+) -> bytes:
+    """`by_external_id` as JSON, through the cache; kept only while its conversation is open."""
+
+    async def load() -> Loaded:
+        async with db.transaction(tenant_id, write=False) as conn:
+            row = await repo.by_external_id_with_state(conn, tenant_id, kind, external_id)
+        if row is None:
+            raise NotFound(f"no message with {'wamid' if kind == 'wamid' else 'Genesys ID'} {external_id}")
+        message = to_read(row)
+        return Loaded(
+            _MESSAGE_JSON.dump_json(message),
+            "",
+            (message_tag(message.id), conversation_tag(message.conversation_id)),
+            0.0 if row["conversation_state"] in FINAL_STATES else None,
+        )
+
+    name = MESSAGE_BY_WAMID if kind == "wamid" else MESSAGE_BY_GENESYS_ID
+    body, _ = await cache.get(name, tenant_id, external_id, load)
+    return body
 
 
 async def list_page(
@@ -402,7 +438,7 @@ async def apply_receipts(
             )
         )
     changes = [
-        {"id": message_id, **_time_values(after)}
+        {"id": message_id, "conversation_id": rows[message_id]["conversation_id"], **_time_values(after)}
         for message_id, after in times.items()
         if after != _times(rows[message_id])
     ]

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.multiprocess import MultiProcessCollector
 
 HTTP_REQUESTS = Counter(
@@ -26,11 +35,106 @@ QUEUE_PUBLISHED = Counter(
 )
 
 
-def render() -> tuple[bytes, str]:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    from prometheus_client import REGISTRY
+class PerCacheCounter:
+    """A counter labelled by cache (and a reason or tier), its children bound once: `labels()` costs on
+    the lookup path."""
 
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    def __init__(self, counter: Counter) -> None:
+        self._counter = counter
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def child(self, *labels: str) -> Any:
+        bound = self._children.get(labels)
+        if bound is None:
+            bound = self._children[labels] = self._counter.labels(*labels)
+        return bound
+
+
+CACHE_HITS = PerCacheCounter(
+    Counter(
+        "state_manager_cache_hits_total", "Lookups answered by a cache tier (local, redis)", ["cache", "tier"]
+    )
+)
+CACHE_MISSES = PerCacheCounter(
+    Counter("state_manager_cache_misses_total", "Lookups that no tier could answer", ["cache"])
+)
+CACHE_COALESCED = PerCacheCounter(
+    Counter(
+        "state_manager_cache_coalesced_total",
+        "Lookups that waited for another request's load of the same key instead of loading",
+        ["cache"],
+    )
+)
+CACHE_LOADS = PerCacheCounter(
+    Counter("state_manager_cache_loads_total", "Loads from the database by outcome", ["cache", "outcome"])
+)
+CACHE_LOAD_SECONDS = Histogram(
+    "state_manager_cache_load_seconds",
+    "Time to load a missed lookup from the database",
+    ["cache"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+CACHE_INVALIDATIONS = PerCacheCounter(
+    Counter(
+        "state_manager_cache_invalidations_total",
+        "Local entries dropped because a write changed what they say",
+        ["cache"],
+    )
+)
+CACHE_EVICTIONS = PerCacheCounter(
+    Counter(
+        "state_manager_cache_evictions_total",
+        "Local entries dropped for room (size) or age (expired)",
+        ["cache", "reason"],
+    )
+)
+_CACHE_ENTRIES = Gauge(
+    "state_manager_cache_local_entries", "Entries in the local tier", ["cache"], multiprocess_mode="livesum"
+)
+_CACHE_BYTES = Gauge(
+    "state_manager_cache_local_bytes",
+    "Approximate bytes in the local tier",
+    ["cache"],
+    multiprocess_mode="livesum",
+)
+CACHE_SHARED_ERRORS = PerCacheCounter(
+    Counter(
+        "state_manager_cache_redis_errors_total",
+        "Redis calls that failed or timed out, by operation",
+        ["operation"],
+    )
+)
+CACHE_CIRCUIT_OPEN = Gauge(
+    "state_manager_cache_circuit_open",
+    "1 while the circuit to Redis is open (Redis skipped), else 0",
+    multiprocess_mode="max",
+)
+_entries_children: dict[str, Any] = {}
+_bytes_children: dict[str, Any] = {}
+
+
+def cache_entries(cache: str) -> Any:
+    child = _entries_children.get(cache)
+    if child is None:
+        child = _entries_children[cache] = _CACHE_ENTRIES.labels(cache)
+    return child
+
+
+def cache_bytes(cache: str) -> Any:
+    child = _bytes_children.get(cache)
+    if child is None:
+        child = _bytes_children[cache] = _CACHE_BYTES.labels(cache)
+    return child
+
+
+def registry() -> CollectorRegistry:
+    """Every worker's metrics when several share PROMETHEUS_MULTIPROC_DIR, else this process's."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        return merged
+    return REGISTRY
+
+
+def render() -> tuple[bytes, str]:
+    return generate_latest(registry()), CONTENT_TYPE_LATEST

@@ -36,7 +36,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from state_manager.cache.invalidation import InvalidationBus
+from state_manager.cache import LookupCache
 from state_manager.db import Database
 from state_manager.errors import BadRequest, NotFound, StateManagerError
 from state_manager.messages.inbound import InboundRecorder
@@ -122,14 +122,14 @@ class QueueConsumers:
         self,
         settings: Settings,
         db: Database,
-        bus: InvalidationBus,
+        cache: LookupCache,
         auth: Authenticator,
         inbound: InboundRecorder,
     ) -> None:
         assert settings.rabbitmq_url is not None
         self.settings = settings
         self.db = db
-        self.bus = bus
+        self.cache = cache
         self.auth = auth
         self.topology = Topology.from_settings(settings)
         self.queues = {consumed: QueueStatus(name) for consumed, name in self.topology.consumed.items()}
@@ -373,7 +373,7 @@ class QueueConsumers:
         # A bounded wait for locks: a message stuck behind a held row is retried with backoff (and its key's
         # later messages wait), instead of holding a connection for as long as the row stays locked.
         async with (
-            self.bus.publishing_changes(),
+            self.cache.publishing_changes(),
             self.db.transaction(
                 tenant_id, write=True, lock_timeout=self.settings.queue_lock_timeout_seconds
             ) as conn,

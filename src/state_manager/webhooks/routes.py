@@ -23,5 +23,5 @@ async def accept_whatsapp(
     services: ServicesDep,
 ) -> WebhookAccepted:
     return await service.accept_whatsapp(
-        scope.db, scope.bus, services.inbound, scope.tenant_id, await request.body(), body
+        scope.db, scope.cache, services.inbound, scope.tenant_id, await request.body(), body
     )

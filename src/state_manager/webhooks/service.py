@@ -18,7 +18,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from state_manager.cache.invalidation import InvalidationBus
+from state_manager.cache import LookupCache
 from state_manager.customers import service as customers
 from state_manager.customers.identity import IdentityChannel
 from state_manager.customers.schemas import IdentityIn
@@ -212,7 +212,7 @@ def plan(parsed: WhatsAppWebhook | QueuedInboundMessage) -> Plan:
 
 async def accept_whatsapp(
     db: Database,
-    bus: InvalidationBus,
+    cache: LookupCache,
     inbound: InboundRecorder,
     tenant_id: str,
     raw: bytes,
@@ -224,13 +224,13 @@ async def accept_whatsapp(
     event_id = uuid.uuid4()
     async with db.transaction(tenant_id, write=True) as conn:
         await _store(conn, tenant_id, event_id, raw, checked.items)
-    results = await process(db, bus, inbound, tenant_id, checked)
+    results = await process(db, cache, inbound, tenant_id, checked)
     return WebhookAccepted(event_id=event_id, items=results)
 
 
 async def process(
     db: Database,
-    bus: InvalidationBus,
+    cache: LookupCache,
     inbound: InboundRecorder,
     tenant_id: str,
     checked: Plan,
@@ -262,7 +262,7 @@ async def process(
             )
     if tracked:
         receipts = [status.receipt for _, status in tracked if status.receipt is not None]
-        async with bus.publishing_changes(), db.transaction(tenant_id, write=True) as conn:
+        async with cache.publishing_changes(), db.transaction(tenant_id, write=True) as conn:
             applied = await messages.apply_receipts(conn, tenant_id, receipts)
         for (position, status), outcome in zip(tracked, applied, strict=True):
             results[position] = ItemResult(
@@ -301,7 +301,7 @@ class Replayed:
 
 async def replay(
     db: Database,
-    bus: InvalidationBus,
+    cache: LookupCache,
     inbound: InboundRecorder,
     tenant_id: str,
     *,
@@ -326,6 +326,6 @@ async def replay(
     replayed = []
     for row in rows:
         parsed = _WEBHOOK.validate_python(parse_body(str(row.body).encode()))
-        results = await process(db, bus, inbound, tenant_id, plan(parsed))
+        results = await process(db, cache, inbound, tenant_id, plan(parsed))
         replayed.append(Replayed(row.id, row.received_at, dict(Counter(r.outcome.value for r in results))))
     return replayed
