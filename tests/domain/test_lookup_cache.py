@@ -1,4 +1,5 @@
-"""The open-conversation lookup is answered from a per-process cache: every write must show at once."""
+"""Hot lookups are answered from the cache (local tier, and Redis on the PostgreSQL backend): every write
+must show in the next lookup, whichever lookup it is."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from harness import ServerProcess, cli_json, server_env
 
-from .helpers import Tenant, inbound, ok, record_message, transition, wa_id
+from .helpers import Tenant, genesys_id, inbound, ok, record_message, transition, wa_id, wamid
 
 BUSINESS = "bn-1"
 
@@ -53,6 +54,133 @@ def test_every_write_shows_in_the_next_lookup(tenant: Tenant) -> None:
     lookup(client, wa, status=404)
     reopened = inbound(client, wa, BUSINESS, status=201)
     assert lookup(client, wa)["id"] == reopened["conversation_id"] != conversation_id
+
+
+def twice(client: httpx.Client, path: str, **params: Any) -> dict[str, Any]:
+    """A lookup asked twice (the second from the cache): both answers must agree."""
+    first = ok(client.get(path, params=params))
+    assert ok(client.get(path, params=params)) == first
+    return first
+
+
+def test_every_cached_lookup_shows_each_write(tenant: Tenant) -> None:
+    client = tenant.client
+    wa, the_wamid, gc = wa_id(), wamid(), genesys_id()
+    conversation_id = inbound(client, wa, BUSINESS, wamid_=the_wamid, status=201)["conversation_id"]
+    by_wamid = f"/v1/messages/by-wamid/{the_wamid}"
+    customer_path = f"/v1/customers/by-identity/whatsapp/{wa}"
+    context_path = f"/v1/conversations/{conversation_id}/agent-context"
+
+    # Message by wamid and by Genesys ID: linking and receipts.
+    assert twice(client, by_wamid)["genesys_message_id"] is None
+    message_id = twice(client, by_wamid)["id"]
+    agent_before = twice(client, context_path)
+    ok(
+        client.post(
+            "/v1/correlations", json={"whatsapp_message_id": the_wamid, "genesys_conversation_id": gc}
+        )
+    )
+    reply = record_message(client, conversation_id, genesys_message_id="gm-" + wa)
+    by_genesys_message = f"/v1/messages/by-genesys-id/gm-{wa}"
+    assert twice(client, by_genesys_message)["status"] == "queued"
+    ok(
+        client.post(
+            "/v1/receipts",
+            json={
+                "receipts": [
+                    {"genesys_message_id": "gm-" + wa, "status": "read", "at": "2026-04-01T08:00:00Z"}
+                ]
+            },
+        )
+    )
+    assert twice(client, by_genesys_message)["status"] == "read"
+    ok(client.post(f"/v1/messages/{reply['id']}/link", json={"wamid": "wamid.reply-" + wa}))
+    assert twice(client, f"/v1/messages/by-wamid/wamid.reply-{wa}")["id"] == reply["id"]
+    assert twice(client, by_genesys_message)["wamid"] == "wamid.reply-" + wa
+    assert twice(client, by_wamid)["id"] == message_id
+
+    # Conversation by Genesys ID: correlation (above), then a state change.
+    by_genesys = f"/v1/conversations/by-genesys-id/{gc}"
+    assert twice(client, by_genesys)["id"] == conversation_id
+    assert transition(client, conversation_id, "active").status_code == 200
+    assert twice(client, by_genesys)["state"] == "active"
+
+    # Customer by identity: profile and identities.
+    customer = twice(client, customer_path)
+    ok(client.patch(f"/v1/customers/{customer['id']}", json={"display_name": "Ana"}))
+    assert twice(client, customer_path)["display_name"] == "Ana"
+    email = f"{wa}@example.com"
+    ok(
+        client.post(
+            f"/v1/customers/{customer['id']}/identities", json={"channel": "email", "external_id": email}
+        ),
+        201,
+    )
+    assert email in {i["external_id"] for i in twice(client, customer_path)["identities"]}
+
+    # Agent context: every part of it.
+    agent = twice(client, context_path)
+    assert (
+        agent["conversation"]["genesys_conversation_id"]
+        == gc
+        != agent_before["conversation"]["genesys_conversation_id"]
+    )
+    assert agent["customer"]["display_name"] == "Ana"
+    assert [m["status"] for m in agent["messages"]][-1] == "read"
+    ok(
+        client.post(
+            f"/v1/conversations/{conversation_id}/participants",
+            json={"role": "agent", "participant_ref": "a-1"},
+        ),
+        201,
+    )
+    assert [p["participant_ref"] for p in twice(client, context_path)["participants"]] == ["a-1"]
+    ok(client.patch(f"/v1/conversations/{conversation_id}/context", json={"values": {"topic": "refund"}}))
+    assert twice(client, context_path)["conversation_context"]["values"] == {"topic": "refund"}
+    ok(client.patch(f"/v1/customers/{customer['id']}/context", json={"values": {"tier": "gold"}}))
+    assert twice(client, context_path)["customer_context"]["values"] == {"tier": "gold"}
+    inbound(client, wa, BUSINESS, status=201)
+    assert len(twice(client, context_path)["messages"]) == 3
+
+    # Closed conversations leave the cache: every lookup of them reads the database.
+    assert transition(client, conversation_id, "closed", "resolved").status_code == 200
+    assert twice(client, by_genesys)["state"] == "closed"
+    assert twice(client, context_path)["conversation"]["state"] == "closed"
+    assert twice(client, by_wamid)["id"] == message_id
+
+
+def loads(admin: httpx.Client, cache: str) -> int:
+    found: int = ok(admin.get("/v1/admin/cache"))["caches"][cache]["loads"]["found"]
+    return found
+
+
+def test_open_conversations_are_kept_and_closed_ones_leave_the_cache(
+    tenant: Tenant, admin: httpx.Client
+) -> None:
+    client, gc = tenant.client, genesys_id()
+    the_wamid = wamid()
+    conversation_id = inbound(client, wa_id(), BUSINESS, wamid_=the_wamid, status=201)["conversation_id"]
+    ok(
+        client.post(
+            "/v1/correlations", json={"whatsapp_message_id": the_wamid, "genesys_conversation_id": gc}
+        )
+    )
+    lookups = {
+        "conversation_by_genesys_id": f"/v1/conversations/by-genesys-id/{gc}",
+        "message_by_wamid": f"/v1/messages/by-wamid/{the_wamid}",
+        "agent_context": f"/v1/conversations/{conversation_id}/agent-context",
+    }
+    for cache, path in lookups.items():
+        before = loads(admin, cache)
+        for _ in range(3):
+            ok(client.get(path))
+        assert loads(admin, cache) == before + 1, cache  # loaded once, then answered from the cache
+    assert transition(client, conversation_id, "closed", "resolved").status_code == 200
+    for cache, path in lookups.items():
+        before = loads(admin, cache)
+        for _ in range(3):
+            ok(client.get(path))
+        assert loads(admin, cache) == before + 3, cache  # never kept
 
 
 @pytest.mark.parametrize("backend", ["postgres-with-redis", "sqlite-without-redis"])

@@ -1,10 +1,11 @@
-"""The `state-manager` command: serve, migrate, and the directory of organizations, tenants and keys."""
+"""The `state-manager` command: serve, migrate, the directory of organizations, tenants and keys, replay,
+and the cache."""
 
 from __future__ import annotations
 
 import typer
 
-from state_manager.cli import keys, migrate, replay, serve, tenants
+from state_manager.cli import cache, keys, migrate, replay, serve, tenants
 
 app = typer.Typer(
     name="state-manager",
@@ -21,5 +22,6 @@ app.add_typer(tenants.organizations)
 app.add_typer(tenants.tenants)
 app.add_typer(keys.keys)
 app.command("replay")(replay.replay)
+app.add_typer(cache.cache)
 
 __all__ = ["app"]
