@@ -20,6 +20,7 @@ Using it
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ from harness import (
     REDIS_URL,
     Api,
     Broker,
+    RedisServer,
     Server,
     ServerProcess,
     clean_env,
@@ -227,6 +229,19 @@ def api(server: Server) -> Iterator[Api]:
 def workdir(tmp_path: Path) -> Path:
     """A directory to run CLI commands and extra servers in (no stray .env is read there)."""
     return tmp_path
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis server of the test's own, which the test may stop and start."""
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server", "redis-server is not installed (Debian package redis-server)")
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -576,3 +576,34 @@ class TcpProxy:
         self._closed = True
         self.cut()
         self._listener.close()
+
+
+class RedisServer:
+    """A `redis-server` of the test's own on a free port, to stop and start in the middle of a test."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with (self.workdir / f"redis-{self.port}.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(self.workdir)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        eventually(lambda: redis_problem(self.url) is None, timeout=10)
+
+    def stop(self) -> None:
+        """As a crash would: SIGKILL, so nothing is flushed and every connection drops."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None

@@ -22,9 +22,11 @@ class CircuitBreaker:
     def state(self) -> str:
         return "closed" if self._opened_at is None else "open"
 
-    def trial_due(self) -> bool:
-        """Open long enough that one call may find out whether Redis is back."""
-        return self._opened_at is not None and time.monotonic() - self._opened_at >= self._open_seconds
+    def seconds_to_trial(self) -> float:
+        """How long until one call may find out whether Redis is back (0 when closed)."""
+        if self._opened_at is None:
+            return 0.0
+        return max(0.0, self._opened_at + self._open_seconds - time.monotonic())
 
     def failed(self) -> None:
         self._failures += 1

@@ -141,6 +141,7 @@ class RedisTier(SharedTier):
         self.subscribed = False
         self.last_error: str | None = None
         self._recovery: asyncio.Task[None] | None = None
+        self._recovery_timer: asyncio.TimerHandle | None = None
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._pending: dict[str, set[str]] = defaultdict(set)
@@ -156,6 +157,8 @@ class RedisTier(SharedTier):
         await self._recover()
 
     async def close(self) -> None:
+        if self._recovery_timer is not None:
+            self._recovery_timer.cancel()
         for task in (self._listener, self._recovery):
             if task is not None:
                 task.cancel()
@@ -169,12 +172,28 @@ class RedisTier(SharedTier):
         await self._redis.ping()
         return time.perf_counter() - started
 
+    @property
+    def _healthy(self) -> bool:
+        return self.generation is not None and not self.dirty and self.breaker.closed
+
     def _usable(self) -> bool:
-        if self.generation is not None and not self.dirty and self.breaker.closed:
+        if self._healthy:
             return True
-        if self._recovery is None and (self.breaker.closed or self.breaker.trial_due()):
-            self._recovery = asyncio.create_task(self._recover(), name="cache-recovery")
+        self._schedule_recovery()
         return False
+
+    def _schedule_recovery(self) -> None:
+        """Try to use Redis again once the circuit allows a trial; retried on a timer, not by traffic,
+        so that a process whose lookups are all local hits comes back too."""
+        if self._recovery is None and self._recovery_timer is None:
+            self._recovery_timer = asyncio.get_running_loop().call_later(
+                self.breaker.seconds_to_trial(), self._start_recovery
+            )
+
+    def _start_recovery(self) -> None:
+        self._recovery_timer = None
+        if self._recovery is None:
+            self._recovery = asyncio.create_task(self._recover(), name="cache-recovery")
 
     def _failed(self, operation: str, exc: BaseException) -> None:
         metrics.CACHE_SHARED_ERRORS.child(operation).inc()
@@ -183,6 +202,8 @@ class RedisTier(SharedTier):
         self.breaker.failed()
         if was_closed and not self.breaker.closed:
             log.warning("Redis failing (%s); reading the database until it answers again", self.last_error)
+        if not self._healthy:
+            self._schedule_recovery()
 
     async def _recover(self) -> None:
         """Learn the generation (or, after lost invalidations, start a new one), then use the tier again."""
@@ -196,15 +217,15 @@ class RedisTier(SharedTier):
                 await self._redis.set(GENERATION_KEY, 1, nx=True)
                 generation = int(await self._redis.get(GENERATION_KEY) or 1)
         except _FAILURES as exc:
+            self._recovery = None
             self._failed("recover", exc)
         else:
+            self._recovery = None
             self.generation = generation
             self.dirty = False
             if not self.breaker.closed:
                 log.info("Redis answers again; cache tier back in use")
             self.breaker.close()
-        finally:
-            self._recovery = None
 
     def _entry_key(self, tenant_id: str, key: str) -> str:
         return f"{_prefix(tenant_id)}:g{self.generation}:{key}"
@@ -302,6 +323,7 @@ class RedisTier(SharedTier):
                 self.local.clear()
                 self.local.enabled = self.local.ttl_seconds > 0
                 self.generation = None
+                self._schedule_recovery()
                 self.subscribed = True
                 self._subscribed.set()
                 delay = 0.1
@@ -333,10 +355,9 @@ class RedisTier(SharedTier):
         self.local.invalidate(tags)
 
     def report(self) -> dict[str, Any]:
-        usable = self.generation is not None and not self.dirty and self.breaker.closed
         return {
             "backend": self.name,
-            "status": "ok" if usable and self.subscribed else "degraded",
+            "status": "ok" if self._healthy and self.subscribed else "degraded",
             "circuit": self.breaker.state,
             "subscribed": self.subscribed,
             "generation": self.generation,

@@ -1,0 +1,230 @@
+"""The lookup cache's guarantees, on a real Redis of each test's own: stale values never come back, one
+load per key, invalidations reach the other processes, and a Redis outage costs speed, not correctness.
+
+Each `LookupCache` here stands for one process of the service (its own local tier and subscription).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from harness import RedisServer, TcpProxy
+from state_manager.cache import Loaded, LookupCache, open_lookup_cache
+from state_manager.cache.shared import RedisTier
+from state_manager.observability import metrics
+from state_manager.settings import Settings
+
+CACHE = "open_conversation"
+TENANT = "t-cache"
+# How soon another process drops what a write changed, while its subscription is up (docs/design.md).
+AGREEMENT_BOUND_SECONDS = 1.0
+
+
+@asynccontextmanager
+async def process(url: str, **settings: Any) -> AsyncIterator[LookupCache]:
+    values: dict[str, Any] = {
+        "redis_url": url,
+        "cache_breaker_seconds": 0.3,
+        "cache_warm_limit": 0,
+    } | settings
+    cache = open_lookup_cache(Settings(**values))
+    await cache.start()
+    try:
+        yield cache
+    finally:
+        await cache.close()
+
+
+async def until(probe: Callable[[], Any], within: float = 10.0) -> Any:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if answer := probe():
+            return answer
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not reached in {within} s")
+
+
+async def used_again(cache: LookupCache, source: Source) -> None:
+    """Lookups (which is what makes a process try Redis again) until the tiers are back in use."""
+    while cache.report()["status"] != "ok":
+        await cache.get(CACHE, TENANT, "probe", source.load)
+        await asyncio.sleep(0.05)
+
+
+class Source:
+    """A stand-in for the database: the current value of a row, and how often it was read."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.version = 1
+        self.reads = 0
+
+    async def load(self) -> Loaded:
+        self.reads += 1
+        return Loaded(b'{"version": %d}' % self.version, f'"{self.version}"', (self.tag,))
+
+    def write(self) -> set[tuple[str, str]]:
+        self.version += 1
+        return {(TENANT, self.tag)}
+
+
+def new_source() -> Source:
+    return Source(f"customer:{uuid.uuid4()}")
+
+
+def redis_errors() -> float:
+    return sum(
+        sample.value
+        for family in metrics.registry().collect()
+        if family.name == "state_manager_cache_redis_errors"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    )
+
+
+async def test_answers_come_from_the_local_tier_then_redis_then_the_database(own_redis: RedisServer) -> None:
+    source, key = new_source(), str(uuid.uuid4())
+    async with process(own_redis.url) as one, process(own_redis.url) as two:
+        assert await one.get(CACHE, TENANT, key, source.load) == (b'{"version": 1}', '"1"')
+        assert await one.get(CACHE, TENANT, key, source.load) == (b'{"version": 1}', '"1"')  # local
+        assert await two.get(CACHE, TENANT, key, source.load) == (b'{"version": 1}', '"1"')  # Redis
+        assert source.reads == 1
+        await one.publish(source.write())
+        assert await two.get(CACHE, TENANT, key, source.load) == (b'{"version": 2}', '"2"')
+        assert source.reads == 2
+
+
+async def test_concurrent_misses_of_one_key_share_one_load(own_redis: RedisServer) -> None:
+    source, key = new_source(), str(uuid.uuid4())
+
+    async def slow_load() -> Loaded:
+        await asyncio.sleep(0.05)
+        return await source.load()
+
+    async with process(own_redis.url) as one:
+        answers = await asyncio.gather(*(one.get(CACHE, TENANT, key, slow_load) for _ in range(50)))
+    assert set(answers) == {(b'{"version": 1}', '"1"')}
+    assert source.reads == 1
+
+
+async def test_a_slow_reader_cannot_put_an_older_value_back_into_redis(own_redis: RedisServer) -> None:
+    """The reader read before a write committed and finishes after its invalidation: Redis refuses it."""
+    source, key = new_source(), str(uuid.uuid4())
+    read, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_load() -> Loaded:
+        loaded = await source.load()  # the old version
+        read.set()
+        await release.wait()
+        return loaded
+
+    # The reader's own local tier is off, so that only Redis stands between it and the next readers.
+    async with process(own_redis.url, cache_local_seconds=0) as reader, process(own_redis.url) as writer:
+        pending = asyncio.create_task(reader.get(CACHE, TENANT, key, slow_load))
+        await read.wait()
+        # As if the write's pub/sub message had not reached the reader yet: only Redis can refuse it.
+        assert isinstance(reader.shared, RedisTier)
+        listener = reader.shared._listener
+        assert listener is not None
+        listener.cancel()
+        await writer.publish(source.write())
+        release.set()
+        assert await pending == (b'{"version": 1}', '"1"')  # what it read, to its own caller
+        assert await writer.get(CACHE, TENANT, key, source.load) == (b'{"version": 2}', '"2"')
+        assert await reader.get(CACHE, TENANT, key, source.load) == (b'{"version": 2}', '"2"')
+    assert source.reads == 2
+
+
+async def test_a_slow_reader_cannot_put_an_older_value_back_into_its_local_tier(
+    own_redis: RedisServer,
+) -> None:
+    source, key = new_source(), str(uuid.uuid4())
+    read, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_load() -> Loaded:
+        loaded = await source.load()
+        read.set()
+        await release.wait()
+        return loaded
+
+    async with process(own_redis.url) as one:
+        pending = asyncio.create_task(one.get(CACHE, TENANT, key, slow_load))
+        await read.wait()
+        await one.publish(source.write())
+        release.set()
+        await pending
+        assert await one.get(CACHE, TENANT, key, source.load) == (b'{"version": 2}', '"2"')
+
+
+async def test_another_process_drops_what_a_write_changed_within_the_bound(own_redis: RedisServer) -> None:
+    source, key = new_source(), str(uuid.uuid4())
+    async with process(own_redis.url) as one, process(own_redis.url) as two:
+        for cache in (one, two):
+            await cache.get(CACHE, TENANT, key, source.load)
+        assert two.local.get(f"{TENANT}:{CACHE}:{key}") is not None
+        written = time.monotonic()
+        await one.publish(source.write())
+        await until(lambda: two.local.get(f"{TENANT}:{CACHE}:{key}") is None, AGREEMENT_BOUND_SECONDS)
+        assert time.monotonic() - written < AGREEMENT_BOUND_SECONDS
+        assert await two.get(CACHE, TENANT, key, source.load) == (b'{"version": 2}', '"2"')
+
+
+async def test_redis_down_reads_the_database_opens_the_circuit_and_recovers(own_redis: RedisServer) -> None:
+    source = new_source()
+    async with process(own_redis.url) as one:
+        await one.get(CACHE, TENANT, "before", source.load)
+        own_redis.stop()
+        await until(lambda: not one.local.enabled)  # the subscription dropped: no local answers
+        assert one.report()["status"] == "degraded"
+        errors = redis_errors()
+        for n in range(20):
+            assert await one.get(CACHE, TENANT, f"during-{n}", source.load) == (b'{"version": 1}', '"1"')
+        assert source.reads == 21  # every lookup read the database
+        assert one.report()["circuit"] == "open"
+        # Redis was asked a few times before the circuit opened, not once per lookup.
+        assert redis_errors() - errors <= Settings().cache_breaker_failures + 1
+
+        own_redis.start()  # empty, on the same port
+        await asyncio.wait_for(used_again(one, source), 15)
+        reads = source.reads
+        for _ in range(3):
+            await one.get(CACHE, TENANT, "after", source.load)
+        assert source.reads == reads + 1  # cached again
+
+
+async def test_nothing_cached_before_an_outage_is_served_after_it(own_redis: RedisServer) -> None:
+    """An instance whose invalidation could not reach Redis (Redis kept its data: a network cut) starts a
+    new generation when Redis answers again; every instance then ignores the older entries."""
+    source, key = new_source(), str(uuid.uuid4())
+    proxy = TcpProxy("127.0.0.1", own_redis.port)
+    try:
+        async with process(f"redis://127.0.0.1:{proxy.port}/0") as cut_off, process(own_redis.url) as other:
+            await other.get(CACHE, TENANT, key, source.load)  # version 1, in Redis and in `other`
+            generation = other.report()["generation"]
+            proxy.refusing = True
+            proxy.cut()
+            await cut_off.publish(source.write())  # committed; the invalidation cannot leave
+            assert cut_off.report()["status"] == "degraded"
+            proxy.refusing = False
+
+            await asyncio.wait_for(used_again(cut_off, source), 15)
+            assert cut_off.report()["generation"] > generation
+            await until(lambda: other.report()["generation"] == cut_off.report()["generation"])
+            for cache in (other, cut_off):
+                assert await cache.get(CACHE, TENANT, key, source.load) == (b'{"version": 2}', '"2"')
+    finally:
+        proxy.close()
+
+
+async def test_without_a_local_tier_every_answer_comes_from_redis(own_redis: RedisServer) -> None:
+    source, key = new_source(), str(uuid.uuid4())
+    async with process(own_redis.url, cache_local_seconds=0) as one:
+        for _ in range(3):
+            await one.get(CACHE, TENANT, key, source.load)
+        assert len(one.local) == 0
+    assert source.reads == 1
