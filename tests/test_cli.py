@@ -6,10 +6,11 @@ import json
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
-from harness import CLI, Api, Server, clean_env, run_cli
+from harness import CLI, Api, Server, ServerProcess, clean_env, eventually, run_cli
 from state_manager.cli import app
 
 COMMANDS = [
@@ -27,6 +28,10 @@ COMMANDS = [
     ["keys", "create"],
     ["keys", "list"],
     ["keys", "revoke"],
+    ["replay"],
+    ["cache"],
+    ["cache", "stats"],
+    ["cache", "warm"],
 ]
 
 
@@ -240,3 +245,57 @@ def test_harness_tenant_exists(server: Server) -> None:
     """The sqlite first run made `default`; the postgres harness made `harness` with the CLI."""
     shown = server.cli_json("tenants", "show", server.default_tenant_id)
     assert shown["id"] == server.default_tenant_id
+
+
+def test_cache_stats_and_warm_ask_the_running_server(workdir: Path) -> None:
+    """On the embedded default, as a new user would: the admin key is read from its file; the server warms
+    its cache at start with the recently active conversations."""
+    env = clean_env(DATA_DIR=str(workdir / "data"), LOG_FORMAT="json")
+    server = ServerProcess("cli-cache", env, workdir)
+    env["PORT"] = str(server.port)
+    server.start()
+    try:
+        server.wait_for("/health/ready")
+        key = (workdir / "data" / "admin-key").read_text().strip()
+        headers = {"Authorization": f"Bearer {key}", "X-Tenant-ID": "default"}
+        for n in range(5):
+            body = {
+                "wa_id": f"4915100000{n:02d}",
+                "business_number_id": "bn-1",
+                "wamid": f"wamid.cli{n}",
+                "text": "hi",
+            }
+            assert (
+                httpx.post(f"{server.base_url}/v1/messages/inbound", json=body, headers=headers).status_code
+                == 201
+            )
+        assert server.stop(), server.log_tail()
+        server.start()  # warms the five conversations' lookups at start
+        server.wait_for("/health/ready")
+
+        def loads() -> int:
+            done = run_cli("cache", "stats", "--json", env=env, cwd=workdir)
+            assert done.returncode == 0, done.stderr
+            found: int = json.loads(done.stdout)["caches"]["open_conversation"]["loads"]["found"]
+            return found
+
+        eventually(lambda: loads() == 5)
+        shown = run_cli("cache", "stats", env=env, cwd=workdir)
+        assert shown.returncode == 0, shown.stderr
+        assert "open_conversation" in shown.stdout
+        assert "cache: memory, ok" in shown.stderr
+
+        warmed = run_cli("cache", "warm", "--tenant", "default", env=env, cwd=workdir)
+        assert warmed.returncode == 0, warmed.stderr
+        assert warmed.stdout.strip() == "warmed 10 lookups of 5 conversations"
+        assert loads() == 5  # already warm: nothing loaded again
+
+        unknown = run_cli("cache", "warm", "--tenant", "nope", env=env, cwd=workdir)
+        assert unknown.returncode == 1
+        assert "404" in unknown.stderr
+        assert "nope" in unknown.stderr
+        refused = run_cli("cache", "stats", "--api-key", "smk_wrong", env=env, cwd=workdir)
+        assert refused.returncode == 1
+        assert "401" in refused.stderr
+    finally:
+        assert server.stop(), server.log_tail()
