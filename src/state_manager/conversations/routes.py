@@ -5,7 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from pydantic import BaseModel, Field
 
 from state_manager.agents import service as agents
 from state_manager.agents.schemas import DEFAULT_MESSAGES, MAX_MESSAGES, AgentContext
@@ -30,6 +31,7 @@ from state_manager.deps import TenantDep
 from state_manager.errors import BadRequest
 from state_manager.etag import etag, expected_version
 from state_manager.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor, encode_cursor
+from state_manager.query import parse_query, query_parameters
 from state_manager.strict_json import StrictJsonRoute
 from state_manager.timefmt import FilterTime
 
@@ -88,31 +90,35 @@ async def list_conversations(
     return Page(items=items, next_cursor=next_cursor)
 
 
+class OpenLookup(BaseModel):
+    wa_id: str | None = Field(default=None, description="WhatsApp ID; shorthand for channel=whatsapp")
+    channel: IdentityChannel | None = None
+    external_id: str | None = Field(default=None, max_length=256)
+    business_number_id: str | None = Field(
+        default=None, pattern=BUSINESS_NUMBER_ID, description="Without it: the most recently active"
+    )
+
+
 @router.get(
     "/open",
     summary="The open conversation of a customer, by identity",
     response_model=ConversationRead,
     responses={200: {"headers": {"ETag": {"description": "the conversation's version"}}}},
+    openapi_extra=query_parameters(OpenLookup),
 )
-async def get_open_conversation(
-    scope: TenantDep,
-    wa_id: Annotated[str | None, Query(description="WhatsApp ID; shorthand for channel=whatsapp")] = None,
-    channel: IdentityChannel | None = None,
-    external_id: Annotated[str | None, Query(max_length=256)] = None,
-    business_number_id: Annotated[
-        str | None, Query(pattern=BUSINESS_NUMBER_ID, description="Without it: the most recently active")
-    ] = None,
-) -> Response:
-    # Answered as ready-made JSON: often from the process's read cache (see service).
-    if wa_id is not None:
-        identity = IdentityIn(channel=IdentityChannel.WHATSAPP, external_id=wa_id)
-    elif channel is not None and external_id:
-        identity = IdentityIn(channel=channel, external_id=external_id)
+async def get_open_conversation(request: Request, scope: TenantDep) -> Response:
+    # The hottest route: its query is read in one step (see query.py) and its answer is ready-made
+    # JSON, usually from the cache (see service).
+    query = parse_query(OpenLookup, request)
+    if query.wa_id is not None:
+        identity = IdentityIn(channel=IdentityChannel.WHATSAPP, external_id=query.wa_id)
+    elif query.channel is not None and query.external_id:
+        identity = IdentityIn(channel=query.channel, external_id=query.external_id)
     else:
         raise BadRequest("give wa_id, or channel and external_id")
-    key = customers.normalized(identity, "wa_id" if wa_id is not None else "external_id")
+    key = customers.normalized(identity, "wa_id" if query.wa_id is not None else "external_id")
     body, tag = await service.open_by_identity_cached(
-        scope.db, scope.cache, scope.tenant_id, *key, business_number_id
+        scope.db, scope.cache, scope.tenant_id, *key, query.business_number_id
     )
     return Response(body, media_type="application/json", headers={"ETag": tag})
 

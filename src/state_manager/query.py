@@ -1,0 +1,43 @@
+"""Query strings read as one pydantic model, for the hottest routes.
+
+FastAPI resolves each query parameter on its own, which on a cached lookup cost more than the lookup. A
+route that takes `request: Request` and calls `parse_query` validates the whole query string in one
+step, answers a bad value exactly as FastAPI would (422, `location: query`), and documents its parameters
+with `openapi_extra=query_parameters(Model)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_query(model: type[M], request: Request) -> M:
+    try:
+        return model.model_validate(dict(request.query_params))
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**error, "loc": ("query", *error["loc"])} for error in exc.errors(include_url=False)]
+        ) from None
+
+
+def query_parameters(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's fields as OpenAPI query parameters (for `openapi_extra`)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    parameters = []
+    for name, field in schema["properties"].items():
+        parameter: dict[str, Any] = {
+            "name": name,
+            "in": "query",
+            "required": name in schema.get("required", ()),
+            "schema": {k: v for k, v in field.items() if k != "description"},
+        }
+        if "description" in field:
+            parameter["description"] = field["description"]
+        parameters.append(parameter)
+    return {"parameters": parameters}
