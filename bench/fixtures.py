@@ -159,3 +159,15 @@ async def seed_outbound(url: str, fixture: Fixture, count: int, run_tag: str, co
         fixture.outbound_wamids, fixture.timings["seed_outbound"] = await _fan_out(count, concurrency, one)
     finally:
         client.close()
+
+
+async def cache_figures(url: str, admin_key: str) -> dict[str, Any]:
+    """`GET /v1/admin/cache`: the server's lookup counters per cache (all its workers)."""
+    client = JsonClient(url, admin_key, connections=1)
+    try:
+        await client.open()
+        status, data = await client.request("GET", "/v1/admin/cache")
+    finally:
+        client.close()
+    figures: dict[str, Any] = _expect("read the cache figures", status, data, 200)
+    return figures

@@ -101,6 +101,7 @@ async def _run(
     worker: int,
     workers: int,
     balance: bool,
+    rate: float | None,
     ready: Any,
     go: Any,
 ) -> WorkerResult:
@@ -125,10 +126,20 @@ async def _run(
     ok_requests = 0
     ok_items = 0
 
-    async def drive(conn: Connection) -> None:
+    # With a rate, each connection sends on a fixed schedule and latency counts from the scheduled time,
+    # so a slow answer also delays (and is charged for) the requests queued behind it.
+    interval = len(conns) / rate if rate else 0.0
+    start = window.start_wall - offset
+
+    async def drive(conn: Connection, index: int) -> None:
         nonlocal ok_requests, ok_items
+        scheduled = start + interval * index / len(conns)
         while True:
             t0 = clock()
+            if interval:
+                if scheduled > t0:
+                    await asyncio.sleep(scheduled - t0)
+                t0, scheduled = scheduled, scheduled + interval
             if t0 >= until:
                 return
             raw, items = source.next()
@@ -154,7 +165,7 @@ async def _run(
                 if len(kept) < ERROR_SAMPLES_PER_STATUS:
                     kept.append(body[:2000].decode("utf-8", "replace"))
 
-    tasks = [asyncio.create_task(drive(c)) for c in conns]
+    tasks = [asyncio.create_task(drive(c, i)) for i, c in enumerate(conns)]
     # A request still unanswered this long after the window closed is abandoned (and reported).
     _, stuck = await asyncio.wait(tasks, timeout=max(0.0, until - clock()) + STRAGGLER_GRACE_SECONDS)
     for task in stuck:
@@ -183,6 +194,7 @@ def _worker_main(
     worker: int,
     workers: int,
     balance: bool,
+    rate: float | None,
     ready: Any,
     go: Any,
     results: Any,
@@ -194,7 +206,7 @@ def _worker_main(
     except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
         runner = asyncio.run
     try:
-        result = runner(_run(spec, host, port, connections, worker, workers, balance, ready, go))
+        result = runner(_run(spec, host, port, connections, worker, workers, balance, rate, ready, go))
     except Exception as exc:
         ready.put(worker)  # never leave the parent waiting
         result = WorkerResult(b"", {}, {}, 0, 0, {}, {}, error=f"{type(exc).__name__}: {exc}")
@@ -216,14 +228,22 @@ def run_load(
     warmup: float,
     duration: float,
     balance: bool = True,
+    rate: float | None = None,
     on_window: Any = None,
 ) -> LoadResult:
     """Run one scenario to completion.
+
+    With `rate` (requests per second, all connections together) requests go out on a fixed schedule
+    instead of as fast as answers come back.
 
     on_window() is called as the measured window opens and returns a callable that is called just before
     it closes (while the load-generator processes are still alive) and returns CPU figures.
     """
     processes = max(1, min(processes, concurrency))
+
+    def share_of(total: float | None, connections: int) -> float | None:
+        return None if total is None else total * connections / concurrency
+
     ctx = mp.get_context("spawn")
     ready = ctx.Queue()
     go = ctx.Queue()
@@ -231,7 +251,19 @@ def run_load(
     procs = [
         ctx.Process(
             target=_worker_main,
-            args=(spec, host, port, n, i, processes, balance, ready, go, results),
+            args=(
+                spec,
+                host,
+                port,
+                n,
+                i,
+                processes,
+                balance,
+                share_of(rate, n),
+                ready,
+                go,
+                results,
+            ),
             name=f"bench-loadgen-{i}",
             daemon=True,
         )

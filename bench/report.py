@@ -17,7 +17,8 @@ TARGETS: dict[str, dict[str, float]] = {
     "inbound": {"min_per_second": 1500.0, "max_p99_ms": 50.0},
     "receipts": {"min_items_per_second": 5000.0},
     "webhook": {"min_items_per_second": 10000.0},
-    "lookup": {"min_ratio_to_baseline": 0.5},
+    "lookup": {"min_ratio_to_baseline": 0.7},
+    "lookup-half": {"max_p99_ms": 10.0},
 }
 
 
@@ -202,3 +203,22 @@ def git_commit(repo: Path) -> str | None:
 def write_json(path: Path, document: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+
+
+def hit_ratios(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Hits over hits and misses per cache between two `GET /v1/admin/cache` answers, and over all."""
+    ratios: dict[str, Any] = {}
+    all_hits = all_lookups = 0
+    for name, now in after["caches"].items():
+        then = before["caches"][name]
+        hits = (now["hits_local"] + now["hits_redis"]) - (then["hits_local"] + then["hits_redis"])
+        lookups = hits + now["misses"] - then["misses"]
+        if lookups:
+            ratios[name] = {"lookups": lookups, "hit_ratio": round(hits / lookups, 4)}
+            all_hits += hits
+            all_lookups += lookups
+    ratios["all"] = {
+        "lookups": all_lookups,
+        "hit_ratio": round(all_hits / all_lookups, 4) if all_lookups else None,
+    }
+    return ratios

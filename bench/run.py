@@ -26,7 +26,9 @@ from bench.httpclient import split_url
 from bench.loadgen import run_load
 from bench.scenarios import BUSINESS_NUMBER_ID, ScenarioSpec
 
-ALL_SCENARIOS = ("baseline", "lookup", "inbound", "receipts", "webhook")
+ALL_SCENARIOS = ("baseline", "lookup", "lookup-half", "mix", "inbound", "receipts", "webhook")
+# Scenarios that look up the seeded customers.
+LOOKUP_SCENARIOS = ("lookup", "lookup-half", "mix")
 # Scenarios that need outbound messages to send statuses for; each gets its own share of them.
 STATUS_SCENARIOS = ("receipts", "webhook")
 QUIET_THRESHOLD = 15.0  # % of one core the machine may use with no benchmark load
@@ -120,6 +122,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.scenarios) - set(ALL_SCENARIOS)
     if unknown:
         p.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    if (
+        "lookup-half" in args.scenarios
+        and "lookup" not in args.scenarios[: args.scenarios.index("lookup-half")]
+    ):
+        p.error("lookup-half runs at half the rate that lookup measured: put lookup before it")
     if not 1 <= args.receipt_batch <= 500:
         p.error("--receipt-batch must be 1..500")
     if any("=" not in item for item in args.server_env):
@@ -147,11 +154,19 @@ def default_admin_key() -> str | None:
 def build_spec(name: str, args: argparse.Namespace, fixture: Fixture, run_tag: str) -> ScenarioSpec:
     if name == "baseline":
         return ScenarioSpec("baseline")
-    if name == "lookup":
+    if name in ("lookup", "lookup-half"):
         return ScenarioSpec(
-            "lookup",
+            name, fixture.token, {"wa_ids": fixture.lookup_wa_ids, "business_number_id": BUSINESS_NUMBER_ID}
+        )
+    if name == "mix":
+        return ScenarioSpec(
+            name,
             fixture.token,
-            {"wa_ids": fixture.lookup_wa_ids, "business_number_id": BUSINESS_NUMBER_ID},
+            {
+                "wa_ids": fixture.lookup_wa_ids,
+                "conversation_ids": fixture.conversation_ids,
+                "run_tag": run_tag,
+            },
         )
     if name == "inbound":
         return ScenarioSpec(
@@ -169,7 +184,7 @@ async def prepare(
     tenant_id, token = await fixtures.create_tenant(url, admin_key, run_tag)
     fixture = Fixture(tenant_id=tenant_id, token=token)
     status_scenarios = [n for n in STATUS_SCENARIOS if n in args.scenarios]
-    if {"lookup", *STATUS_SCENARIOS} & set(args.scenarios):
+    if {*LOOKUP_SCENARIOS, *STATUS_SCENARIOS} & set(args.scenarios):
         print(f"seeding {args.seed_conversations} conversations ...", flush=True)
         await fixtures.seed_conversations(url, fixture, args.seed_conversations, run_tag)
         if analyze_dsn:
@@ -248,6 +263,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         fixture = asyncio.run(prepare(url, admin_key, args, run_tag, analyze_dsn))
         summaries: list[dict[str, Any]] = []
         baseline_rps: float | None = None
+        lookup_rps: float | None = None
         cpu = sysstat.cpu_window(
             port, managed.process.pid if managed and managed.process else None, args.pg_admin_dsn
         )
@@ -264,6 +280,8 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
                 f"{args.concurrency} connections from {args.processes} load-generator process(es) ...",
                 flush=True,
             )
+            rate = lookup_rps / 2 if name == "lookup-half" and lookup_rps else None
+            cache_before = asyncio.run(fixtures.cache_figures(url, admin_key)) if name == "mix" else None
             result = run_load(
                 build_spec(name, args, fixture, run_tag),
                 host,
@@ -273,12 +291,20 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
                 warmup=args.warmup,
                 duration=args.duration,
                 balance=not args.no_balance,
+                rate=rate,
                 on_window=cpu,
             )
             summary = report.summarize(result, baseline_rps)
+            if rate is not None:
+                summary["paced_at_per_s"] = round(rate, 1)
+            if cache_before is not None:
+                cache_after = asyncio.run(fixtures.cache_figures(url, admin_key))
+                summary["cache_hit_ratio"] = report.hit_ratios(cache_before, cache_after)
             summary["machine_busy_before_percent"] = idle_busy
             if name == "baseline":
                 baseline_rps = summary["requests_per_s"] or None
+            if name == "lookup":
+                lookup_rps = summary["requests_per_s"] or None
             summaries.append(summary)
             lat = summary["latency_ms"]
             print(
@@ -286,6 +312,9 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
                 f"p50/p95/p99 {lat['p50']}/{lat['p95']}/{lat['p99']} ms, errors {summary['errors']}",
                 flush=True,
             )
+            if "cache_hit_ratio" in summary:
+                shown = ", ".join(f"{k} {v['hit_ratio']:.1%}" for k, v in summary["cache_hit_ratio"].items())
+                print(f"  cache hit ratio: {shown}", flush=True)
             for note in report.notes(summary):
                 print(f"  {note}", flush=True)
             for status, bodies in summary["error_samples"].items():

@@ -222,9 +222,64 @@ class WebhookStatuses(Receipts):
         ), self.batch
 
 
-SOURCES: dict[str, type[Baseline] | type[Lookup] | type[Inbound] | type[Receipts]] = {
+class Mix:
+    """What the callers ask of one tenant, in proportion: the open conversation (inbound and outbound
+    transformers, each message), a message by wamid (status webhooks), a customer by WhatsApp ID, the
+    agent context (agent portal), and new inbound messages from the same customers, which change what
+    the lookups answer. Reports nothing itself; the run reads the hit ratio from `GET /v1/admin/cache`."""
+
+    WEIGHTS = (("open", 45), ("message", 15), ("customer", 10), ("agent", 10), ("inbound", 20))
+
+    def __init__(self, spec: ScenarioSpec, host: str, worker: int, workers: int) -> None:
+        self.host, self.token = host, spec.token
+        params = spec.params
+        self.wa_ids: list[str] = params["wa_ids"]
+        self.conversation_ids: list[str] = params["conversation_ids"]
+        self.seed_tag: str = params["run_tag"]
+        self.prefix = f"wamid.{params['run_tag']}.mix.{worker}."
+        self.rng = random.Random(3000 + worker)
+        self.kinds = [kind for kind, weight in self.WEIGHTS for _ in range(weight)]
+        self.seq = 0
+        self.sent: Counter[str] = Counter()
+
+    def next(self) -> tuple[bytes, int]:
+        kind = self.rng.choice(self.kinds)
+        i = self.rng.randrange(len(self.wa_ids))
+        self.sent[kind] += 1
+        get = {
+            "open": "/v1/conversations/open?"
+            + urlencode({"wa_id": self.wa_ids[i], "business_number_id": BUSINESS_NUMBER_ID}),
+            "message": f"/v1/messages/by-wamid/wamid.{self.seed_tag}.seed.{i}",
+            "customer": f"/v1/customers/by-identity/whatsapp/{self.wa_ids[i]}",
+            "agent": f"/v1/conversations/{self.conversation_ids[i]}/agent-context?messages=20",
+        }.get(kind)
+        if get is not None:
+            return encode_request("GET", get, self.host, token=self.token), 1
+        self.seq += 1
+        body = json.dumps(
+            {
+                "wa_id": self.wa_ids[i],
+                "business_number_id": BUSINESS_NUMBER_ID,
+                "wamid": f"{self.prefix}{self.seq}",
+                "type": "text",
+                "text": "hi",
+                "occurred_at": iso_now(),
+            }
+        ).encode()
+        return encode_request("POST", "/v1/messages/inbound", self.host, token=self.token, body=body), 1
+
+    def inspect(self, body: bytes) -> None:
+        pass
+
+    def summary(self) -> dict[str, Any]:
+        return {"requests_by_kind": dict(self.sent)}
+
+
+SOURCES: dict[str, type[Baseline] | type[Lookup] | type[Inbound] | type[Receipts] | type[Mix]] = {
     "baseline": Baseline,
     "lookup": Lookup,
+    "lookup-half": Lookup,
+    "mix": Mix,
     "inbound": Inbound,
     "receipts": Receipts,
     "webhook": WebhookStatuses,

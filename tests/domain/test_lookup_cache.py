@@ -221,3 +221,25 @@ def test_two_workers_never_answer_from_a_stale_cache(
                         assert lookup(fresh, wa)["state"] == state
     finally:
         assert process.stop(), process.log_tail()
+
+
+def test_a_new_message_drops_only_what_it_changed(tenant: Tenant, admin: httpx.Client) -> None:
+    """Tags are narrow: another message with the same profile name leaves the customer's profile and the
+    conversation's other messages cached; a new profile name drops the profile."""
+    client, wa, first = tenant.client, wa_id(), wamid()
+    inbound(client, wa, BUSINESS, wamid_=first, status=201, profile_name="Ana")
+    cached = {
+        "customer_by_identity": f"/v1/customers/by-identity/whatsapp/{wa}",
+        "message_by_wamid": f"/v1/messages/by-wamid/{first}",
+    }
+    before = {cache: loads(admin, cache) for cache in cached}
+    for path in cached.values():
+        ok(client.get(path))
+    inbound(client, wa, BUSINESS, status=201, profile_name="Ana")
+    for path in cached.values():
+        ok(client.get(path))
+    assert {cache: loads(admin, cache) - before[cache] for cache in cached} == dict.fromkeys(cached, 1)
+
+    inbound(client, wa, BUSINESS, status=201, profile_name="Ana Maria")
+    assert ok(client.get(cached["customer_by_identity"]))["display_name"] == "Ana Maria"
+    assert loads(admin, "customer_by_identity") == before["customer_by_identity"] + 2

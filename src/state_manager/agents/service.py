@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.agents.schemas import EARLIER_CONVERSATIONS, AgentContext
 from state_manager.cache import Loaded, LookupCache
+from state_manager.cache.invalidation import thread_tag
 from state_manager.cache.lookups import AGENT_CONTEXT
 from state_manager.context import service as context
 from state_manager.conversations import service as conversations
@@ -54,9 +55,9 @@ _AGENT_CONTEXT_JSON = TypeAdapter(AgentContext)
 async def agent_context_cached(
     db: Database, cache: LookupCache, tenant_id: str, conversation_id: uuid.UUID, *, message_count: int
 ) -> tuple[bytes, str]:
-    """`agent_context` through the cache. Its conversation's and customer's tags cover every part: writes
-    to messages, participants and context name the conversation; to the profile, context and the other
-    conversations, the customer."""
+    """`agent_context` through the cache. Its tags cover every part: the customer's (profile, identities,
+    customer context), the customer's conversations' (this one's row and the earlier ones) and this
+    conversation's thread (messages, statuses, participants, conversation context)."""
 
     async def load() -> Loaded:
         async with db.transaction(tenant_id, write=False) as conn:
@@ -65,6 +66,7 @@ async def agent_context_cached(
         # The other conversations' reply windows are in the answer too.
         windows = [conversations.window_left(c) for c in found.earlier_conversations]
         valid_for = min([s for s in (entry.valid_for, *windows) if s is not None], default=None)
-        return Loaded(_AGENT_CONTEXT_JSON.dump_json(found), entry.etag, entry.tags, valid_for)
+        tags = (*entry.tags, thread_tag(conversation_id))
+        return Loaded(_AGENT_CONTEXT_JSON.dump_json(found), entry.etag, tags, valid_for)
 
     return await cache.get(AGENT_CONTEXT, tenant_id, f"{conversation_id}:{message_count}", load)

@@ -18,14 +18,28 @@ from state_manager.cache.local import Tag
 _touched: ContextVar[set[Tag] | None] = ContextVar("cache_tags_touched", default=None)
 
 
+# Tags are narrow on purpose: a new message must not drop what did not change (the customer's profile,
+# the other messages), or the hit ratio falls with every write.
+
+
 def customer_tag(customer_id: uuid.UUID) -> str:
-    """The customer's profile and identities, and which conversations are theirs (and open)."""
+    """The customer's profile, identities and customer context."""
     return f"customer:{customer_id}"
 
 
-def conversation_tag(conversation_id: uuid.UUID) -> str:
-    """What hangs off one conversation: its participants, context and messages."""
-    return f"conversation:{conversation_id}"
+def conversations_tag(customer_id: uuid.UUID) -> str:
+    """The rows of the customer's conversations: states, times, Genesys IDs, which one is open."""
+    return f"conversations-of:{customer_id}"
+
+
+def thread_tag(conversation_id: uuid.UUID) -> str:
+    """What hangs off one conversation: its messages, their statuses, participants and context."""
+    return f"thread:{conversation_id}"
+
+
+def ended_tag(conversation_id: uuid.UUID) -> str:
+    """The conversation reached a final state (what is kept only while it is open leaves the cache)."""
+    return f"ended:{conversation_id}"
 
 
 def message_tag(message_id: uuid.UUID) -> str:

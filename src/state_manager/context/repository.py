@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import RowMapping, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from state_manager.cache.invalidation import changed, conversation_tag, customer_tag
+from state_manager.cache.invalidation import changed, customer_tag, thread_tag
 from state_manager.context.models import context_entries
 from state_manager.db.database import dialect_insert
 
@@ -37,7 +37,7 @@ async def upsert_latest(
     at: dt.datetime,
 ) -> None:
     """Writes each key unless the stored value is newer (last writer by event time wins)."""
-    changed(tenant_id, conversation_tag(scope_id) if scope == "conversation" else customer_tag(scope_id))
+    changed(tenant_id, thread_tag(scope_id) if scope == "conversation" else customer_tag(scope_id))
     insert = dialect_insert(conn.dialect.name)(context_entries)
     statement = insert.on_conflict_do_update(
         index_elements=["tenant_id", "scope", "scope_id", "key"],

@@ -21,8 +21,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from state_manager.cache.invalidation import changed, conversation_tag, customer_tag
-from state_manager.conversations.lifecycle import OPEN_STATES
+from state_manager.cache.invalidation import changed, conversations_tag, ended_tag, thread_tag
+from state_manager.conversations.lifecycle import FINAL_STATES, OPEN_STATES
 from state_manager.conversations.models import OPEN_STATES_SQL, conversations, participants, state_changes
 from state_manager.customers.models import customer_identities
 from state_manager.db.database import dialect_insert
@@ -41,8 +41,9 @@ def _later(column: Any, at: dt.datetime) -> ColumnElement[Any]:
 
 
 def _changed(tenant_id: str, row: RowMapping) -> None:
-    # Which conversation is open for the customer, and everything shown with the conversation.
-    changed(tenant_id, customer_tag(row["customer_id"]), conversation_tag(row["id"]))
+    changed(tenant_id, conversations_tag(row["customer_id"]))
+    if row["state"] in FINAL_STATES:
+        changed(tenant_id, ended_tag(row["id"]))
 
 
 async def get(
@@ -280,7 +281,7 @@ async def insert_participant(
     )
     found: RowMapping | None = (await conn.execute(statement)).mappings().first()
     if found is not None:
-        changed(tenant_id, conversation_tag(values["conversation_id"]))
+        changed(tenant_id, thread_tag(values["conversation_id"]))
     return found
 
 
@@ -319,7 +320,7 @@ async def mark_left(
     conditions = [p.tenant_id == tenant_id, p.conversation_id == conversation_id, p.left_at.is_(None)]
     if participant_id is not None:
         conditions.append(p.id == participant_id)
-    changed(tenant_id, conversation_tag(conversation_id))
+    changed(tenant_id, thread_tag(conversation_id))
     left = case((p.joined_at > at, p.joined_at), else_=at)
     await conn.execute(update(participants).where(*conditions).values(left_at=left))
 

@@ -11,7 +11,7 @@ from sqlalchemy import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.cache import Loaded, LookupCache
-from state_manager.cache.invalidation import conversation_tag, customer_tag
+from state_manager.cache.invalidation import conversations_tag, customer_tag
 from state_manager.cache.lookups import CONVERSATION_BY_GENESYS_ID, OPEN_CONVERSATION
 from state_manager.conversations import repository as repo
 from state_manager.conversations.lifecycle import FINAL_STATES, TRANSITIONS, ConversationState, can_transition
@@ -166,7 +166,7 @@ def cacheable(conversation: ConversationRead) -> Loaded:
     return Loaded(
         _CONVERSATION_JSON.dump_json(conversation),
         etag(conversation.version),
-        (customer_tag(conversation.customer_id), conversation_tag(conversation.id)),
+        (customer_tag(conversation.customer_id), conversations_tag(conversation.customer_id)),
         valid_for,
     )
 

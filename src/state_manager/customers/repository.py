@@ -135,8 +135,7 @@ async def delete_customer(conn: AsyncConnection, tenant_id: str, customer_id: uu
 async def set_display_name_if_changed(
     conn: AsyncConnection, tenant_id: str, customer_id: uuid.UUID, name: str, at: dt.datetime
 ) -> None:
-    customer_changed(tenant_id, customer_id)
-    await conn.execute(
+    result = await conn.execute(
         update(customers)
         .where(
             customers.c.tenant_id == tenant_id,
@@ -145,3 +144,5 @@ async def set_display_name_if_changed(
         )
         .values(display_name=name, version=customers.c.version + 1, updated_at=at)
     )
+    if result.rowcount:
+        customer_changed(tenant_id, customer_id)

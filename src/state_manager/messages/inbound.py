@@ -16,7 +16,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.cache import LookupCache
-from state_manager.cache.invalidation import changed, conversation_tag, customer_tag
+from state_manager.cache.invalidation import changed, conversations_tag, customer_tag, thread_tag
 from state_manager.conversations.lifecycle import ConversationState
 from state_manager.conversations.repository import REPLY_WINDOW
 from state_manager.customers import service as customers
@@ -32,7 +32,7 @@ from state_manager.messages.schemas import InboundMessage, InboundRecorded
 
 _RECORD_INBOUND = (
     "SELECT customer_id, customer_created, conversation_id, conversation_created, conversation_state,"
-    " genesys_conversation_id, message_id, duplicate FROM sm_record_inbound("
+    " genesys_conversation_id, message_id, duplicate, profile_changed FROM sm_record_inbound("
     + ", ".join(f"${n}" for n in range(1, 22))
     + ")"
 )
@@ -44,9 +44,10 @@ def _phone_of(wa_id: str) -> str | None:
     return phone_from_wa_id(wa_id)
 
 
-def _changed_by(recorded: InboundRecorded) -> tuple[str, str]:
+def _changed_by(recorded: InboundRecorded, profile_changed: bool) -> tuple[str, ...]:
     # The stored function wrote the customer's conversation (activity) and added to its messages.
-    return customer_tag(recorded.customer_id), conversation_tag(recorded.conversation_id)
+    tags = (conversations_tag(recorded.customer_id), thread_tag(recorded.conversation_id))
+    return (*tags, customer_tag(recorded.customer_id)) if profile_changed else tags
 
 
 class InboundRecorder:
@@ -73,22 +74,23 @@ class PostgresInboundRecorder(InboundRecorder):
 
     async def record(self, tenant_id: str, data: InboundMessage) -> InboundRecorded:
         async with self.db.driver_connection() as connection:
-            recorded = await self._call(connection, tenant_id, data)
+            recorded, profile_changed = await self._call(connection, tenant_id, data)
         if not recorded.duplicate:
-            await self.cache.publish({(tenant_id, tag) for tag in _changed_by(recorded)})
+            await self.cache.publish({(tenant_id, tag) for tag in _changed_by(recorded, profile_changed)})
         return recorded
 
     async def record_in(self, conn: AsyncConnection, tenant_id: str, data: InboundMessage) -> InboundRecorded:
         driver = (await conn.get_raw_connection()).driver_connection
         assert isinstance(driver, asyncpg.Connection)
-        recorded = await self._call(driver, tenant_id, data)
+        recorded, profile_changed = await self._call(driver, tenant_id, data)
         if not recorded.duplicate:
-            changed(tenant_id, *_changed_by(recorded))
+            changed(tenant_id, *_changed_by(recorded, profile_changed))
         return recorded
 
     async def _call(
         self, connection: asyncpg.Connection, tenant_id: str, data: InboundMessage
-    ) -> InboundRecorded:
+    ) -> tuple[InboundRecorded, bool]:
+        """What was recorded, and whether the customer's profile name changed."""
         wa_id = customers.normalized(
             IdentityIn(channel=IdentityChannel.WHATSAPP, external_id=data.wa_id), "wa_id"
         )[1]
@@ -130,7 +132,7 @@ class PostgresInboundRecorder(InboundRecorder):
                 headers={"Retry-After": RETRY_AFTER_SECONDS},
             ) from exc
         assert row is not None
-        return InboundRecorded(
+        recorded = InboundRecorded(
             customer_id=row["customer_id"],
             customer_created=row["customer_created"],
             conversation_id=row["conversation_id"],
@@ -140,6 +142,7 @@ class PostgresInboundRecorder(InboundRecorder):
             message_id=row["message_id"],
             duplicate=row["duplicate"],
         )
+        return recorded, row["profile_changed"]
 
 
 def inbound_recorder(db: Database, cache: LookupCache) -> InboundRecorder:

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import RowMapping, and_, bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from state_manager.cache.invalidation import changed, conversation_tag, message_tag
+from state_manager.cache.invalidation import changed, message_tag, thread_tag
 from state_manager.conversations.models import conversations
 from state_manager.conversations.repository import OPEN_FILTER
 from state_manager.customers.models import customer_identities, customers
@@ -60,7 +60,7 @@ async def insert(conn: AsyncConnection, tenant_id: str, values: dict[str, Any]) 
     )
     found: RowMapping | None = (await conn.execute(statement)).mappings().first()
     if found is not None:
-        changed(tenant_id, conversation_tag(found["conversation_id"]))
+        changed(tenant_id, thread_tag(found["conversation_id"]))
     return found
 
 
@@ -153,7 +153,7 @@ async def write_times(
     if not changes:
         return
     for change in changes:
-        changed(tenant_id, message_tag(change["id"]), conversation_tag(change["conversation_id"]))
+        changed(tenant_id, message_tag(change["id"]), thread_tag(change["conversation_id"]))
     statement = (
         update(messages)
         .where(m.tenant_id == bindparam("b_tenant_id"), m.id == bindparam("b_id"))
@@ -176,7 +176,7 @@ async def set_external_ids(
         .returning(messages)
     )
     row: RowMapping = (await conn.execute(statement)).mappings().one()
-    changed(tenant_id, message_tag(message_id), conversation_tag(row["conversation_id"]))
+    changed(tenant_id, message_tag(message_id), thread_tag(row["conversation_id"]))
     return row
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.cache import Loaded, LookupCache
-from state_manager.cache.invalidation import conversation_tag, message_tag
+from state_manager.cache.invalidation import ended_tag, message_tag
 from state_manager.cache.lookups import MESSAGE_BY_GENESYS_ID, MESSAGE_BY_WAMID
 from state_manager.conversations import repository as conversations_repo
 from state_manager.conversations import service as conversations
@@ -295,7 +295,7 @@ async def by_external_id_cached(
         return Loaded(
             _MESSAGE_JSON.dump_json(message),
             "",
-            (message_tag(message.id), conversation_tag(message.conversation_id)),
+            (message_tag(message.id), ended_tag(message.conversation_id)),
             0.0 if row["conversation_state"] in FINAL_STATES else None,
         )
 
