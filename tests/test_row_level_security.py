@@ -4,12 +4,15 @@ sees only the tenant its transaction names, even for rows the application would 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import uuid
+from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
 
-from harness import Server
+from harness import Server, ServerProcess, cli_json, server_env
 from state_manager.db.postgres import APP_ROLE
 
 
@@ -80,3 +83,42 @@ def test_every_tenant_table_is_row_level_secured_and_the_app_role_sees_one_tenan
             await conn.close()
 
     asyncio.run(check())
+
+
+def test_a_freshly_grown_pool_keeps_every_write(
+    workdir: Path, postgres_url: str, postgres_server: Server
+) -> None:
+    """Concurrent inbound messages on a new server: the stored function is the first use of most pool
+    connections. Every message must be kept (the app role's SET ROLE
+    once went back to the pool uncommitted, taking the writes made on it along)."""
+    tenant = f"pool-{uuid.uuid4().hex[:8]}"
+    env = server_env(workdir, postgres_url) | {"AUTH_MODE": "disabled"}
+    cli_json(
+        "tenants", "create", tenant, "--organization", tenant, "--name", tenant, "--create-organization",
+        env=env, cwd=workdir,
+    )  # fmt: skip
+    process = ServerProcess("fresh-pool", env, workdir)
+    process.start()
+    try:
+        process.wait_for("/health/ready")
+        wa_ids = [f"4917{n:08d}" for n in range(40)]
+
+        def send(wa: str) -> int:
+            body = {"wa_id": wa, "business_number_id": "bn-1", "wamid": f"wamid.pool.{wa}", "text": "hi"}
+            with httpx.Client(base_url=process.base_url, headers={"X-Tenant-ID": tenant}, timeout=30) as c:
+                return c.post("/v1/messages/inbound", json=body).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=40) as pool:
+            assert set(pool.map(send, wa_ids)) == {201}
+    finally:
+        assert process.stop(), process.log_tail()
+
+    async def stored() -> int:
+        conn = await asyncpg.connect(_dsn(postgres_server))
+        try:
+            found: int = await conn.fetchval("SELECT count(*) FROM messages WHERE tenant_id = $1", tenant)
+            return found
+        finally:
+            await conn.close()
+
+    assert asyncio.run(stored()) == len(wa_ids)

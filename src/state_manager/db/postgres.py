@@ -48,6 +48,11 @@ class PostgresDatabase(Database):
                 cursor = dbapi_connection.cursor()
                 cursor.execute(f"SET ROLE {APP_ROLE}")
                 cursor.close()
+                # The driver adapter opened a transaction for that statement. Committed here, or the
+                # first user of the connection inherits it: `driver_connection` runs outside SQLAlchemy's
+                # transactions, so its writes, and the role itself, were rolled back when the connection
+                # went back to the pool (seen as lost inbound messages on a freshly grown pool).
+                dbapi_connection.commit()
 
     @asynccontextmanager
     async def _begin(
