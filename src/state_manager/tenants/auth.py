@@ -6,10 +6,13 @@ so a revoked key stops working on other instances within that time and on this o
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from state_manager.db.database import Database
 from state_manager.errors import BadRequest, Forbidden, NotFound, Unauthorized
@@ -27,6 +30,58 @@ class Principal:
 
 
 ANONYMOUS_ADMIN = Principal(kind=KeyKind.ADMIN, tenant_id=None, key_id=None)
+V = TypeVar("V")
+REFRESH_SHARE = 0.2  # refreshed in the background in the last fifth of their life
+
+
+class _Remembered(Generic[V]):
+    """Answers kept for `ttl` seconds, never longer; one load per key at a time; a key still in use is
+    reloaded in the background before it expires. Without that, a busy key expired under load and every
+    request in flight at that moment loaded it at once (seen as a latency spike every `ttl` seconds).
+    A load that raises is not kept."""
+
+    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
+        self._ttl = ttl
+        self._max = max_entries
+        self._entries: dict[str, tuple[float, V]] = {}
+        self._loading: dict[str, asyncio.Task[V]] = {}
+        self._cleared = 0  # a load that began before the last clear() is not kept
+
+    async def get(self, key: str, load: Callable[[], Awaitable[V]]) -> V:
+        if self._ttl <= 0:
+            return await load()
+        now = time.monotonic()
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > now:
+            if entry[0] - now < self._ttl * REFRESH_SHARE and key not in self._loading:
+                self._start(key, load)
+            return entry[1]
+        task = self._loading.get(key) or self._start(key, load)
+        return await asyncio.shield(task)
+
+    def _start(self, key: str, load: Callable[[], Awaitable[V]]) -> asyncio.Task[V]:
+        task = asyncio.ensure_future(self._load(key, load, self._cleared))
+        self._loading[key] = task
+        task.add_done_callback(lambda done: self._done(key, done))
+        return task
+
+    def _done(self, key: str, done: asyncio.Task[V]) -> None:
+        self._loading.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: a failed background refresh leaves the entry to expire
+
+    async def _load(self, key: str, load: Callable[[], Awaitable[V]], cleared: int) -> V:
+        value = await load()
+        if cleared == self._cleared:
+            if len(self._entries) >= self._max:
+                self._entries.clear()
+            self._entries[key] = (time.monotonic() + self._ttl, value)
+        return value
+
+    def clear(self) -> None:
+        self._cleared += 1
+        self._entries.clear()
+        self._loading.clear()  # later requests load afresh instead of waiting for an older answer
 
 
 def valid_tenant_id(value: str) -> str:
@@ -40,11 +95,10 @@ def valid_tenant_id(value: str) -> str:
 class Authenticator:
     def __init__(self, db: Database, *, cache_seconds: float, required: bool, default_tenant_id: str) -> None:
         self._db = db
-        self._ttl = cache_seconds
         self.required = required
         self.default_tenant_id = default_tenant_id
-        self._keys: dict[str, tuple[float, Principal | None]] = {}
-        self._tenants: dict[str, float] = {}
+        self._keys: _Remembered[Principal | None] = _Remembered(cache_seconds)
+        self._tenants: _Remembered[str] = _Remembered(cache_seconds)
 
     def forget(self) -> None:
         """Drop what this instance remembers (after a key is revoked or a tenant changes)."""
@@ -56,22 +110,15 @@ class Authenticator:
             return ANONYMOUS_ADMIN
         if not presented:
             raise Unauthorized("send an API key as `Authorization: Bearer <key>` or `X-API-Key`")
-        digest = hashlib.sha256(presented.encode()).hexdigest()
-        now = time.monotonic()
-        cached = self._keys.get(digest)
-        if cached is not None and cached[0] > now:
-            found = cached[1]
-        else:
+
+        async def verify() -> Principal | None:
             async with self._db.transaction(None, write=False) as conn:
                 verified = await service.verify_key(conn, presented)
-            found = (
-                None
-                if verified is None
-                else Principal(kind=verified.kind, tenant_id=verified.tenant_id, key_id=str(verified.id))
-            )
-            if len(self._keys) > 10_000:
-                self._keys.clear()
-            self._keys[digest] = (now + self._ttl, found)
+            if verified is None:
+                return None
+            return Principal(kind=verified.kind, tenant_id=verified.tenant_id, key_id=str(verified.id))
+
+        found = await self._keys.get(hashlib.sha256(presented.encode()).hexdigest(), verify)
         if found is None:
             raise Unauthorized("unknown or revoked API key")
         return found
@@ -93,14 +140,12 @@ class Authenticator:
 
     async def known_tenant(self, tenant_id: str) -> str:
         """`tenant_id`, once checked to exist (remembered for the cache time); NotFound otherwise."""
-        now = time.monotonic()
-        if self._tenants.get(tenant_id, 0.0) > now:
+
+        async def check() -> str:
+            async with self._db.transaction(None, write=False) as conn:
+                exists = await service.tenant_exists(conn, tenant_id)
+            if not exists:
+                raise NotFound(f"tenant {tenant_id!r} not found")
             return tenant_id
-        async with self._db.transaction(None, write=False) as conn:
-            exists = await service.tenant_exists(conn, tenant_id)
-        if not exists:
-            raise NotFound(f"tenant {tenant_id!r} not found")
-        if len(self._tenants) > 10_000:
-            self._tenants.clear()
-        self._tenants[tenant_id] = now + self._ttl
-        return tenant_id
+
+        return await self._tenants.get(tenant_id, check)
