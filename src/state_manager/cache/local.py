@@ -11,6 +11,7 @@ carrying them. Three rules keep it from ever answering older than an acknowledge
 
 from __future__ import annotations
 
+import random
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ from state_manager.observability import metrics
 Tag = tuple[str, str]  # (tenant ID, "customer:<uuid>" / "conversation:<uuid>" / "message:<uuid>")
 
 _ENTRY_OVERHEAD = 200  # bytes of bookkeeping per entry beyond its body and key, roughly
+# Entries loaded together (a burst of traffic, warming) must not all expire together: each lives between
+# this share of its TTL and all of it.
+TTL_JITTER = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +94,9 @@ class LocalTier:
     ) -> None:
         if not self.enabled or not self.accepts(tags, token):
             return
-        ttl = self.ttl_seconds if valid_for is None else min(self.ttl_seconds, valid_for)
+        ttl = self.ttl_seconds * random.uniform(TTL_JITTER, 1.0)
+        if valid_for is not None:
+            ttl = min(ttl, valid_for)
         if ttl <= 0:
             return
         self._drop(key)

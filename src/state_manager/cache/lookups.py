@@ -9,6 +9,7 @@ one load. What a load returns is kept in both tiers only if no write touched its
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from state_manager.cache import invalidation
-from state_manager.cache.local import LocalTier, Tag
+from state_manager.cache.local import TTL_JITTER, LocalTier, Tag
 from state_manager.cache.shared import MAX_LOAD_SECONDS, SharedTier, open_shared_tier
 from state_manager.errors import NotFound
 from state_manager.observability import metrics
@@ -140,7 +141,9 @@ class LookupCache:
             self.local.put(
                 local_key, cache, loaded.body, loaded.etag, owned, token=token, valid_for=valid_for
             )
-            shared_for = self._shared_seconds if valid_for is None else min(valid_for, self._shared_seconds)
+            shared_for = self._shared_seconds * random.uniform(TTL_JITTER, 1.0)
+            if valid_for is not None:
+                shared_for = min(shared_for, valid_for)
             if stored is not None and shared_for > 0:
                 value = _encode(loaded, time.time() + shared_for)
                 await self.shared.put(
