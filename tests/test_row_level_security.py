@@ -89,8 +89,8 @@ def test_a_freshly_grown_pool_keeps_every_write(
     workdir: Path, postgres_url: str, postgres_server: Server
 ) -> None:
     """Concurrent inbound messages on a new server: the stored function is the first use of most pool
-    connections. Every message must be kept (the app role's SET ROLE
-    once went back to the pool uncommitted, taking the writes made on it along)."""
+    connections. Every message must be kept (the app role's SET ROLE once went back to the pool
+    uncommitted, taking the writes made on it along)."""
     tenant = f"pool-{uuid.uuid4().hex[:8]}"
     env = server_env(workdir, postgres_url) | {"AUTH_MODE": "disabled"}
     cli_json(
