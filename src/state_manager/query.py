@@ -28,14 +28,25 @@ def parse_query(model: type[M], request: Request) -> M:
 
 def query_parameters(model: type[BaseModel]) -> dict[str, Any]:
     """The model's fields as OpenAPI query parameters (for `openapi_extra`)."""
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema = model.model_json_schema()
+    definitions = schema.get("$defs", {})
+
+    def inline(node: Any) -> Any:  # the parameters live outside the components: no $ref into $defs
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
     parameters = []
     for name, field in schema["properties"].items():
         parameter: dict[str, Any] = {
             "name": name,
             "in": "query",
             "required": name in schema.get("required", ()),
-            "schema": {k: v for k, v in field.items() if k != "description"},
+            "schema": inline({k: v for k, v in field.items() if k != "description"}),
         }
         if "description" in field:
             parameter["description"] = field["description"]
