@@ -595,7 +595,8 @@ class RedisServer:
         with (self.workdir / f"redis-{self.port}.log").open("ab") as log:
             self.process = subprocess.Popen(
                 ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", str(self.workdir)],
+                 "--appendonly", "no", "--dir", str(self.workdir),
+                 "--enable-debug-command", "local"],  # DEBUG SLEEP plays a Redis too slow to answer
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )  # fmt: skip

@@ -197,6 +197,28 @@ async def test_redis_down_reads_the_database_opens_the_circuit_and_recovers(own_
         assert source.reads == reads + 1  # cached again
 
 
+async def test_a_slow_redis_is_not_waited_for(own_redis: RedisServer) -> None:
+    """Redis busy for 2 s (DEBUG SLEEP): lookups read the database after the call timeout, the circuit
+    opens so that later ones do not wait at all, and Redis is used again once it answers."""
+    source = new_source()
+    async with process(own_redis.url, cache_timeout_seconds=0.1) as one:
+        await one.get(CACHE, TENANT, "warm", source.load)
+        sleeper = await asyncio.create_subprocess_exec(
+            "redis-cli", "-p", str(own_redis.port), "DEBUG", "SLEEP", "2",
+            stdout=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        for n in range(10):
+            assert await one.get(CACHE, TENANT, f"slow-{n}", source.load) == (b'{"version": 1}', '"1"')
+        # At most the failures that open the circuit waited for the timeout; none waited for Redis.
+        assert time.monotonic() - started < (Settings().cache_breaker_failures + 1) * 0.1 + 0.5
+        assert one.report()["circuit"] == "open"
+        assert one.report()["status"] == "degraded"
+        await sleeper.wait()
+        await asyncio.wait_for(used_again(one, source), 15)
+
+
 async def test_nothing_cached_before_an_outage_is_served_after_it(own_redis: RedisServer) -> None:
     """An instance whose invalidation could not reach Redis (Redis kept its data: a network cut) starts a
     new generation when Redis answers again; every instance then ignores the older entries."""

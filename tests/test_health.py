@@ -42,6 +42,9 @@ def test_metrics_count_requests(api: Api) -> None:
     assert response.headers["content-type"].startswith("text/plain")
     assert "state_manager_http_requests_total" in response.text
     assert 'route="/health/live"' in response.text
+    for name in ("hits", "misses", "loads", "invalidations", "evictions"):
+        assert f"state_manager_cache_{name}_total" in response.text, name
+    assert "# TYPE state_manager_cache_load_seconds histogram" in response.text
 
 
 def test_docs_are_html(api: Api) -> None:

@@ -54,8 +54,9 @@ _AGENT_CONTEXT_JSON = TypeAdapter(AgentContext)
 
 async def agent_context_cached(
     db: Database, cache: LookupCache, tenant_id: str, conversation_id: uuid.UUID, *, message_count: int
-) -> tuple[bytes, str]:
-    """`agent_context` through the cache. Its tags cover every part: the customer's (profile, identities,
+) -> bytes:
+    """`agent_context` as JSON, through the cache (no ETag: the conversation's version does not change
+    with its messages). Its tags cover every part: the customer's (profile, identities,
     customer context), the customer's conversations' (this one's row and the earlier ones) and this
     conversation's thread (messages, statuses, participants, conversation context)."""
 
@@ -67,6 +68,7 @@ async def agent_context_cached(
         windows = [conversations.window_left(c) for c in found.earlier_conversations]
         valid_for = min([s for s in (entry.valid_for, *windows) if s is not None], default=None)
         tags = (*entry.tags, thread_tag(conversation_id))
-        return Loaded(_AGENT_CONTEXT_JSON.dump_json(found), entry.etag, tags, valid_for)
+        return Loaded(_AGENT_CONTEXT_JSON.dump_json(found), "", tags, valid_for)
 
-    return await cache.get(AGENT_CONTEXT, tenant_id, f"{conversation_id}:{message_count}", load)
+    body, _ = await cache.get(AGENT_CONTEXT, tenant_id, f"{conversation_id}:{message_count}", load)
+    return body

@@ -218,14 +218,13 @@ async def remove_participant(
     "/{conversation_id}/agent-context",
     summary="Everything an agent needs: conversation, participants, customer, context, messages, history",
     response_model=AgentContext,
-    responses={200: {"headers": {"ETag": {"description": "the conversation's version"}}}},
 )
 async def get_agent_context(
     conversation_id: uuid.UUID,
     scope: TenantDep,
     messages: Annotated[int, Query(ge=0, le=MAX_MESSAGES)] = DEFAULT_MESSAGES,
 ) -> Response:
-    body, tag = await agents.agent_context_cached(
+    body = await agents.agent_context_cached(
         scope.db, scope.cache, scope.tenant_id, conversation_id, message_count=messages
     )
-    return Response(body, media_type="application/json", headers={"ETag": tag})
+    return Response(body, media_type="application/json")
