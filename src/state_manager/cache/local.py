@@ -130,14 +130,6 @@ class LocalTier:
         self._keys_of.clear()
         self._invalidated_at.clear()
 
-    def sizes(self) -> dict[str, tuple[int, int]]:
-        """Entries and bytes per cache."""
-        sizes: dict[str, tuple[int, int]] = {}
-        for entry in self._entries.values():
-            count, size = sizes.get(entry.cache, (0, 0))
-            sizes[entry.cache] = (count + 1, size + entry.size)
-        return sizes
-
     def _drop(self, key: str, reason: str | None = None) -> None:
         entry = self._entries.pop(key, None)
         if entry is None:

@@ -116,13 +116,13 @@ class LookupCache:
         shared_key = f"{cache}:{key}"
         stored = await self.shared.get(tenant_id, shared_key)
         if stored is not None and stored[0] is not None:
-            expires_at, tag, tags, body = _decode(stored[0])
+            expires_at, stored_etag, tags, body = _decode(stored[0])
             left = expires_at - time.time()
             if left > 0:
                 metrics.CACHE_HITS.child(cache, "redis").inc()
                 owned = tuple((tenant_id, t) for t in tags)
-                self.local.put(local_key, cache, body, tag, owned, token=token, valid_for=left)
-                return body, tag
+                self.local.put(local_key, cache, body, stored_etag, owned, token=token, valid_for=left)
+                return body, stored_etag
         metrics.CACHE_MISSES.child(cache).inc()
         with metrics.CACHE_LOAD_SECONDS.labels(cache).time():
             try:
@@ -164,14 +164,13 @@ class LookupCache:
         await self.publish(touched)
 
     def report(self) -> dict[str, Any]:
-        sizes = self.local.sizes()
+        """The tiers' state, cheap enough for every readiness check (sizes per cache are metrics)."""
         return {
             **self.shared.report(),
             "local": {
                 "enabled": self.local.enabled,
                 "entries": len(self.local),
                 "bytes": self.local.size_bytes,
-                "per_cache": {cache: {"entries": n, "bytes": b} for cache, (n, b) in sizes.items()},
             },
         }
 
