@@ -45,9 +45,16 @@ def _phone_of(wa_id: str) -> str | None:
 
 
 def _changed_by(recorded: InboundRecorded, profile_changed: bool) -> tuple[str, ...]:
-    # The stored function wrote the customer's conversation (activity) and added to its messages.
-    tags = (conversations_tag(recorded.customer_id), thread_tag(recorded.conversation_id))
-    return (*tags, customer_tag(recorded.customer_id)) if profile_changed else tags
+    """What the stored function changed: a new message adds to the conversation and its activity; a
+    duplicate changes nothing, except a profile name refreshed before the duplicate was found."""
+    tags = (
+        []
+        if recorded.duplicate
+        else [conversations_tag(recorded.customer_id), thread_tag(recorded.conversation_id)]
+    )
+    if profile_changed:
+        tags.append(customer_tag(recorded.customer_id))
+    return tuple(tags)
 
 
 class InboundRecorder:
@@ -75,16 +82,14 @@ class PostgresInboundRecorder(InboundRecorder):
     async def record(self, tenant_id: str, data: InboundMessage) -> InboundRecorded:
         async with self.db.driver_connection() as connection:
             recorded, profile_changed = await self._call(connection, tenant_id, data)
-        if not recorded.duplicate:
-            await self.cache.publish({(tenant_id, tag) for tag in _changed_by(recorded, profile_changed)})
+        await self.cache.publish({(tenant_id, tag) for tag in _changed_by(recorded, profile_changed)})
         return recorded
 
     async def record_in(self, conn: AsyncConnection, tenant_id: str, data: InboundMessage) -> InboundRecorded:
         driver = (await conn.get_raw_connection()).driver_connection
         assert isinstance(driver, asyncpg.Connection)
         recorded, profile_changed = await self._call(driver, tenant_id, data)
-        if not recorded.duplicate:
-            changed(tenant_id, *_changed_by(recorded, profile_changed))
+        changed(tenant_id, *_changed_by(recorded, profile_changed))
         return recorded
 
     async def _call(

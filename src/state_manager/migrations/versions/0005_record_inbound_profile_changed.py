@@ -180,8 +180,10 @@ BEGIN
         IF v_conversation_created THEN
             DELETE FROM conversations WHERE tenant_id = p_tenant_id AND id = v_conversation;
         END IF;
+        -- The profile name this call refreshed stays (it committed with the statement): say so.
         RETURN QUERY
-            SELECT cv.customer_id, false, cv.id, false, cv.state::text, cv.genesys_conversation_id::text, m.id, true, false
+            SELECT cv.customer_id, false, cv.id, false, cv.state::text, cv.genesys_conversation_id::text, m.id, true,
+                   v_profile_changed
               FROM messages m
               JOIN conversations cv ON cv.tenant_id = m.tenant_id AND cv.id = m.conversation_id
              WHERE m.tenant_id = p_tenant_id AND m.wamid = p_wamid;
