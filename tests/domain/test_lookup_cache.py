@@ -243,3 +243,22 @@ def test_a_new_message_drops_only_what_it_changed(tenant: Tenant, admin: httpx.C
     inbound(client, wa, BUSINESS, status=201, profile_name="Ana Maria")
     assert ok(client.get(cached["customer_by_identity"]))["display_name"] == "Ana Maria"
     assert loads(admin, "customer_by_identity") == before["customer_by_identity"] + 2
+
+
+def test_the_legacy_mapping_is_cached_and_shows_each_write(tenant: Tenant, admin: httpx.Client) -> None:
+    """`GET /state/mapping/:waId`, which today's callers ask for every message."""
+    client, wa = tenant.client, wa_id()
+    first = wamid()
+    conversation_id = inbound(client, wa, BUSINESS, wamid_=first, status=201, profile_name="Ana")[
+        "conversation_id"
+    ]
+    before = loads(admin, "legacy_mapping")
+    for _ in range(3):
+        assert ok(client.get(f"/state/mapping/{wa}"))["last_message_id"] == first
+    assert loads(admin, "legacy_mapping") == before + 1
+    second = wamid()
+    inbound(client, wa, BUSINESS, wamid_=second, status=201, profile_name="Ana Maria")
+    row = ok(client.get(f"/state/mapping/{wa}"))
+    assert (row["last_message_id"], row["contact_name"]) == (second, "Ana Maria")
+    assert transition(client, conversation_id, "closed").status_code == 200
+    assert client.get(f"/state/mapping/{wa}").status_code == 404

@@ -30,6 +30,7 @@ MESSAGE_BY_WAMID = "message_by_wamid"
 MESSAGE_BY_GENESYS_ID = "message_by_genesys_id"
 CUSTOMER_BY_IDENTITY = "customer_by_identity"
 AGENT_CONTEXT = "agent_context"
+LEGACY_MAPPING = "legacy_mapping"
 CACHES = (
     OPEN_CONVERSATION,
     CONVERSATION_BY_GENESYS_ID,
@@ -37,6 +38,7 @@ CACHES = (
     MESSAGE_BY_GENESYS_ID,
     CUSTOMER_BY_IDENTITY,
     AGENT_CONTEXT,
+    LEGACY_MAPPING,
 )
 
 

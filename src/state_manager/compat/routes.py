@@ -131,10 +131,14 @@ async def create_mapping(body: LegacyBody, scope: CompatScope) -> None:
     service.create_mapping(body)
 
 
-@router.get("/state/mapping/{wa_id}", summary="The customer's open conversation, as the old mapping row")
-async def get_mapping(wa_id: str, scope: CompatScope) -> MappingRow:
-    async with scope.read() as conn:
-        return await service.mapping_by_wa_id(conn, scope.tenant_id, wa_id)
+@router.get(
+    "/state/mapping/{wa_id}",
+    summary="The customer's open conversation, as the old mapping row",
+    response_model=MappingRow,
+)
+async def get_mapping(wa_id: str, scope: CompatScope) -> Response:
+    body = await service.mapping_by_wa_id_cached(scope.db, scope.cache, scope.tenant_id, wa_id)
+    return Response(body, media_type="application/json")
 
 
 @router.get("/state/mapping/{mapping_id}/messages", summary="Messages of a conversation, by its UUID")

@@ -25,10 +25,13 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from state_manager.cache import Loaded, LookupCache
+from state_manager.cache.invalidation import conversations_tag, customer_tag, thread_tag
+from state_manager.cache.lookups import LEGACY_MAPPING
 from state_manager.compat.schemas import (
     ConversationStatusChanged,
     ConversationStatusUpdate,
@@ -52,6 +55,7 @@ from state_manager.conversations.schemas import ConversationRead, TransitionRequ
 from state_manager.customers import service as customers
 from state_manager.customers.identity import IdentityChannel
 from state_manager.customers.schemas import IdentityIn
+from state_manager.db import Database
 from state_manager.db.types import utcnow
 from state_manager.deps import Services
 from state_manager.errors import BadRequest, Conflict, NotFound
@@ -179,21 +183,20 @@ async def formatted(
     )
 
 
-async def mapping_by_wa_id(conn: AsyncConnection, tenant_id: str, wa_id: str) -> MappingRow:
-    """The customer's open conversation (the most recently active, whatever the business number)."""
-    try:
-        _, normalized = customers.normalized(IdentityIn(channel=IdentityChannel.WHATSAPP, external_id=wa_id))
-        conversation = await conversations.open_by_identity(
-            conn, tenant_id, IdentityChannel.WHATSAPP.value, normalized, None
-        )
-    except (ValidationError, BadRequest, NotFound) as exc:  # a wa_id no customer can have is not found
-        raise CompatError(404, "Mapping not found") from exc
+async def _mapping_row(
+    conn: AsyncConnection, tenant_id: str, normalized: str
+) -> tuple[MappingRow, uuid.UUID]:
+    """The customer's open conversation (the most recently active, whatever the business number), and
+    the customer's ID."""
+    conversation = await conversations.open_by_identity(
+        conn, tenant_id, IdentityChannel.WHATSAPP.value, normalized, None
+    )
     _, contact_name = await _customer_view(conn, tenant_id, conversation.customer_id)
     latest = await messages.list_page(
         conn, tenant_id, conversation.id, after=None, newest_first=True, limit=1
     )
     last = latest[0] if latest else None
-    return MappingRow(
+    row = MappingRow(
         id=conversation.id,
         wa_id=normalized,
         conversation_id=conversation.genesys_conversation_id,
@@ -209,6 +212,7 @@ async def mapping_by_wa_id(conn: AsyncConnection, tenant_id: str, wa_id: str) ->
         metadata=conversation.metadata,
         tenant_id=tenant_id,
     )
+    return row, conversation.customer_id
 
 
 async def _by_genesys_id(
@@ -218,6 +222,30 @@ async def _by_genesys_id(
         return await conversations.by_genesys_id(conn, tenant_id, genesys_conversation_id)
     except NotFound as exc:
         raise CompatError(404, missing) from exc
+
+
+_MAPPING_ROW_JSON = TypeAdapter(MappingRow)
+
+
+async def mapping_by_wa_id_cached(db: Database, cache: LookupCache, tenant_id: str, wa_id: str) -> bytes:
+    """`GET /state/mapping/:waId` as JSON, through the cache: today's callers ask it for every message.
+    The row shows the profile name and the latest message, hence the customer's and the thread's tags."""
+    try:
+        _, normalized = customers.normalized(IdentityIn(channel=IdentityChannel.WHATSAPP, external_id=wa_id))
+    except (ValidationError, BadRequest) as exc:  # a wa_id no customer can have is not found
+        raise CompatError(404, "Mapping not found") from exc
+
+    async def load() -> Loaded:
+        async with db.transaction(tenant_id, write=False) as conn:
+            row, customer_id = await _mapping_row(conn, tenant_id, normalized)
+        tags = (customer_tag(customer_id), conversations_tag(customer_id), thread_tag(row.id))
+        return Loaded(_MAPPING_ROW_JSON.dump_json(row), "", tags)
+
+    try:
+        body, _ = await cache.get(LEGACY_MAPPING, tenant_id, normalized, load)
+    except NotFound as exc:
+        raise CompatError(404, "Mapping not found") from exc
+    return body
 
 
 async def mapping_by_genesys_id(
