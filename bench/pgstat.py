@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 COUNTERS = (
     "sessions",
@@ -38,6 +38,7 @@ async def _read(dsn: str, databases: list[str]) -> dict[str, int]:
         )
     finally:
         await conn.close()
+    assert row is not None  # an aggregate always answers one row
     return {c: int(row[c] or 0) for c in COUNTERS}
 
 
