@@ -13,6 +13,9 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import strategies as st
+
 from harness import RedisServer, TcpProxy
 from state_manager.cache import Loaded, LookupCache, open_lookup_cache
 from state_manager.cache.shared import RedisTier
@@ -67,6 +70,11 @@ class Source:
     async def load(self) -> Loaded:
         self.reads += 1
         return Loaded(b'{"version": %d}' % self.version, f'"{self.version}"', (self.tag,))
+
+    async def load_versioned(self) -> Loaded:
+        """The current version as the ETag (what the interleaving test compares)."""
+        self.reads += 1
+        return Loaded(b"{}", f'"{self.version}"', (self.tag,))
 
     def write(self) -> set[tuple[str, str]]:
         self.version += 1
@@ -250,3 +258,93 @@ async def test_without_a_local_tier_every_answer_comes_from_redis(own_redis: Red
             await one.get(CACHE, TENANT, key, source.load)
         assert len(one.local) == 0
     assert source.reads == 1
+
+
+Step = tuple[str, int]
+STEPS = st.lists(
+    st.tuples(st.sampled_from(["start_load", "release", "write", "read"]), st.integers(0, 7)),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+)
+@given(steps=STEPS)
+# The interleavings that broke earlier designs, tried first: a read joining a load begun before a write;
+# a slow load finishing after a write in the same and in the other process.
+@example(steps=[("start_load", 0), ("write", 1), ("read", 0), ("release", 0)])
+@example(steps=[("start_load", 0), ("write", 0), ("release", 0), ("read", 0)])
+@example(
+    steps=[("start_load", 1), ("start_load", 0), ("write", 0), ("release", 0), ("release", 0), ("read", 1)]
+)
+def test_no_interleaving_of_slow_loads_and_writes_serves_an_acknowledged_write_stale(
+    own_redis: RedisServer, steps: list[Step]
+) -> None:
+    """Two processes on one Redis; loads that read the source at one moment and finish later; writes in
+    between. Whatever the order, once a write is acknowledged (and its news has reached the other
+    process), no lookup in either process answers older than it."""
+    asyncio.run(_interleave(own_redis.url, steps))
+
+
+async def _interleave(url: str, steps: list[Step]) -> None:
+    source, key = new_source(), str(uuid.uuid4())
+    local_key = f"{TENANT}:{CACHE}:{key}"
+    acknowledged = 1
+    pending: list[tuple[asyncio.Event, asyncio.Task[tuple[bytes, str]]]] = []
+    reads: list[tuple[int, asyncio.Task[tuple[bytes, str]]]] = []
+
+    def version(answer: tuple[bytes, str]) -> int:
+        return int(answer[1].strip('"'))
+
+    async with process(url) as zero, process(url) as one:
+        caches = (zero, one)
+
+        def settled() -> bool:  # the other process holds nothing older than the last acknowledged write
+            for cache in caches:
+                entry = cache.local.get(local_key)
+                if entry is not None and int(entry.etag.strip('"')) < acknowledged:
+                    return False
+            return True
+
+        for action, n in steps:
+            cache = caches[n % 2]
+            if action == "start_load":
+                gate = asyncio.Event()
+                read_at = source.version
+
+                async def slow(gate: asyncio.Event = gate, read_at: int = read_at) -> Loaded:
+                    await gate.wait()  # read before, answered after: the slow reader
+                    return Loaded(b"{}", f'"{read_at}"', (source.tag,))
+
+                pending.append((gate, asyncio.create_task(cache.get(CACHE, TENANT, key, slow))))
+                await asyncio.sleep(0)
+            elif action == "release" and pending:
+                gate, task = pending.pop(n % len(pending))
+                gate.set()
+                # A get that joined another's load of the key finishes with that one, later.
+                await asyncio.wait([task], timeout=0.5)
+                pending.extend([] if task.done() else [(gate, task)])
+            elif action == "write":
+                await cache.publish(source.write())
+                acknowledged = source.version
+                await until(settled, AGREEMENT_BOUND_SECONDS)
+            elif action == "read":
+                # A read may wait for a load of the key in flight (one load per key), so it runs as a
+                # task, and is checked against the writes acknowledged before it began.
+                reads.append(
+                    (acknowledged, asyncio.create_task(cache.get(CACHE, TENANT, key, source.load_versioned)))
+                )
+                await asyncio.wait([reads[-1][1]], timeout=0.5)
+        for gate, _ in pending:
+            gate.set()
+        await asyncio.gather(*(task for _, task in pending))
+        for floor, task in reads:
+            assert version(await task) >= floor, (steps, task.result(), floor)
+        for cache in caches:
+            answer = await cache.get(CACHE, TENANT, key, source.load_versioned)
+            assert version(answer) == source.version, (steps, answer)

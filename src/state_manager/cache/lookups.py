@@ -70,7 +70,8 @@ class LookupCache:
         self.local = local
         self.shared = shared
         self._shared_seconds = shared_seconds
-        self._loading: dict[str, asyncio.Task[Answer]] = {}
+        # Loads in flight per key, with the local token taken as each began.
+        self._loading: dict[str, tuple[int, asyncio.Task[Answer]]] = {}
 
     @property
     def name(self) -> str:
@@ -95,25 +96,36 @@ class LookupCache:
         if entry is not None:
             metrics.CACHE_HITS.child(cache, "local").inc()
             return entry.body, entry.etag
-        loading = self._loading.get(local_key)
-        if loading is None:
-            loading = asyncio.ensure_future(self._fetch(cache, tenant_id, key, local_key, load))
-            self._loading[local_key] = loading
-            loading.add_done_callback(lambda done: self._loaded(local_key, done))
-        else:
+        token = self.local.token()
+        in_flight = self._loading.get(local_key)
+        # Joined only if nothing was written since it began: a caller after an acknowledged write must
+        # not be handed what was read before it.
+        if in_flight is not None and in_flight[0] == token:
             metrics.CACHE_COALESCED.child(cache).inc()
+            loading = in_flight[1]
+        else:
+            loading = asyncio.ensure_future(self._fetch(cache, tenant_id, key, local_key, load, token))
+            self._loading[local_key] = (token, loading)
+            loading.add_done_callback(lambda done: self._loaded(local_key, done))
         # Shielded: a caller that goes away does not cancel the load that others wait for.
         return await asyncio.shield(loading)
 
     def _loaded(self, local_key: str, done: asyncio.Task[Answer]) -> None:
-        self._loading.pop(local_key, None)
+        in_flight = self._loading.get(local_key)
+        if in_flight is not None and in_flight[1] is done:
+            del self._loading[local_key]
         if not done.cancelled():
             done.exception()  # retrieved here, so that a load nobody waits for any more is not logged
 
     async def _fetch(
-        self, cache: str, tenant_id: str, key: str, local_key: str, load: Callable[[], Awaitable[Loaded]]
+        self,
+        cache: str,
+        tenant_id: str,
+        key: str,
+        local_key: str,
+        load: Callable[[], Awaitable[Loaded]],
+        token: int,
     ) -> Answer:
-        token = self.local.token()
         started = time.monotonic()
         shared_key = f"{cache}:{key}"
         stored = await self.shared.get(tenant_id, shared_key)
