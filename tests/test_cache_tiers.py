@@ -291,9 +291,12 @@ def test_no_interleaving_of_slow_loads_and_writes_serves_an_acknowledged_write_s
     asyncio.run(_interleave(own_redis.url, steps))
 
 
+def heard(caches: tuple[LookupCache, ...], before: list[int]) -> bool:
+    return all(cache.local.token() > token for cache, token in zip(caches, before, strict=True))
+
+
 async def _interleave(url: str, steps: list[Step]) -> None:
     source, key = new_source(), str(uuid.uuid4())
-    local_key = f"{TENANT}:{CACHE}:{key}"
     acknowledged = 1
     pending: list[tuple[asyncio.Event, asyncio.Task[tuple[bytes, str]]]] = []
     reads: list[tuple[int, asyncio.Task[tuple[bytes, str]]]] = []
@@ -303,13 +306,6 @@ async def _interleave(url: str, steps: list[Step]) -> None:
 
     async with process(url) as zero, process(url) as one:
         caches = (zero, one)
-
-        def settled() -> bool:  # the other process holds nothing older than the last acknowledged write
-            for cache in caches:
-                entry = cache.local.get(local_key)
-                if entry is not None and int(entry.etag.strip('"')) < acknowledged:
-                    return False
-            return True
 
         for action, n in steps:
             cache = caches[n % 2]
@@ -330,9 +326,17 @@ async def _interleave(url: str, steps: list[Step]) -> None:
                 await asyncio.wait([task], timeout=0.5)
                 pending.extend([] if task.done() else [(gate, task)])
             elif action == "write":
+                before = [c.local.token() for c in caches]
                 await cache.publish(source.write())
                 acknowledged = source.version
-                await until(settled, AGREEMENT_BOUND_SECONDS)
+                # Both processes have heard of it (each one's invalidation sequence moved on): from here
+                # on, nothing may answer older, in either.
+                await until(
+                    lambda before=before: all(
+                        c.local.token() > t for c, t in zip(caches, before, strict=True)
+                    ),
+                    AGREEMENT_BOUND_SECONDS,
+                )
             elif action == "read":
                 # A read may wait for a load of the key in flight (one load per key), so it runs as a
                 # task, and is checked against the writes acknowledged before it began.
