@@ -56,20 +56,19 @@ def _samples() -> dict[str, list[tuple[dict[str, str], float]]]:
 
 
 def _figures(samples: dict[str, list[tuple[dict[str, str], float]]], cache: str) -> CacheFigures:
-    def total(name: str, **labels: str) -> int:
+    def summed(name: str, **labels: str) -> float:
         wanted = {"cache": cache, **labels}
-        return int(
-            sum(v for ls, v in samples.get(name, []) if all(ls.get(k) == w for k, w in wanted.items()))
-        )
+        return sum(v for ls, v in samples.get(name, []) if all(ls.get(k) == w for k, w in wanted.items()))
+
+    def total(name: str, **labels: str) -> int:
+        return int(summed(name, **labels))
 
     hits_local = total("state_manager_cache_hits_total", tier="local")
     hits_redis = total("state_manager_cache_hits_total", tier="redis")
     misses = total("state_manager_cache_misses_total")
     hits = hits_local + hits_redis
     load_count = total("state_manager_cache_load_seconds_count")
-    load_sum = sum(
-        v for ls, v in samples.get("state_manager_cache_load_seconds_sum", []) if ls.get("cache") == cache
-    )
+    load_sum = summed("state_manager_cache_load_seconds_sum")
     return CacheFigures(
         hits_local=hits_local,
         hits_redis=hits_redis,

@@ -103,8 +103,8 @@ class LocalTier:
         entry = Entry(cache, body, etag, tags, time.monotonic() + ttl, len(body) + len(key) + _ENTRY_OVERHEAD)
         self._entries[key] = entry
         self._bytes += entry.size
-        metrics.cache_entries(cache).inc()
-        metrics.cache_bytes(cache).inc(entry.size)
+        metrics.CACHE_ENTRIES.child(cache).inc()
+        metrics.CACHE_BYTES.child(cache).inc(entry.size)
         for tag in tags:
             self._keys_of.setdefault(tag, set()).add(key)
         while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
@@ -135,8 +135,8 @@ class LocalTier:
         if entry is None:
             return
         self._bytes -= entry.size
-        metrics.cache_entries(entry.cache).dec()
-        metrics.cache_bytes(entry.cache).dec(entry.size)
+        metrics.CACHE_ENTRIES.child(entry.cache).dec()
+        metrics.CACHE_BYTES.child(entry.cache).dec(entry.size)
         if reason == "invalidated":
             metrics.CACHE_INVALIDATIONS.child(entry.cache).inc()
         elif reason is not None:

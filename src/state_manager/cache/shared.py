@@ -233,9 +233,8 @@ class RedisTier(SharedTier):
     async def get(self, tenant_id: str, key: str) -> tuple[bytes | None, int] | None:
         if not self._usable():
             return None
-        prefix = _prefix(tenant_id)
         try:
-            value, seq = await self._redis.mget(f"{prefix}:g{self.generation}:{key}", f"{prefix}:seq")
+            value, seq = await self._redis.mget(self._entry_key(tenant_id, key), f"{_prefix(tenant_id)}:seq")
         except _FAILURES as exc:
             self._failed("get", exc)
             return None

@@ -18,7 +18,6 @@ directions are accepted; bad input is a 400, never a 500.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 import uuid
@@ -126,19 +125,12 @@ def legacy_status(state: ConversationState) -> str:
 async def health_report(services: Services) -> tuple[int, dict[str, Any]]:
     """The old `/health` body, from the same checks as `/health/ready`; `rabbitmq.queue_depth` is the
     inbound queue's, as the old service meant it to be."""
-    (_, database), cache, queues = await asyncio.gather(
-        health.run_check("database", services.db.ping),
-        health.cache_check(services),
-        health.queues_check(services),
-    )
+    database, cache, queues = await health.all_checks(services)
     if queues.get("depths") and services.queues is not None:
         queues["queue_depth"] = queues["depths"].get(services.queues.topology.consumed[Consumed.INBOUND])
-    if database["status"] != "ok":
-        status = "unhealthy"
-    elif cache["status"] != "ok" or queues["status"] not in ("ok", "not_used"):
-        status = "degraded"
-    else:
-        status = "healthy"
+    status = {"failed": "unhealthy", "degraded": "degraded", "ok": "healthy"}[
+        health.verdict(database, cache, queues)
+    ]
     body = {
         "status": status,
         "timestamp": dt.datetime.now(dt.UTC).isoformat(),

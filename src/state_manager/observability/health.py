@@ -58,24 +58,34 @@ async def cache_check(services: Services) -> dict[str, Any]:
     return report
 
 
+async def all_checks(services: Services) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The database's, the cache's and the queues' reports, asked at once."""
+    (_, database), cache, queues = await asyncio.gather(
+        run_check("database", services.db.ping), cache_check(services), queues_check(services)
+    )
+    return database, cache, queues
+
+
+def verdict(database: dict[str, Any], cache: dict[str, Any], queues: dict[str, Any]) -> str:
+    """ "failed" without the database; "degraded" without the cache or the queues (slower, not wrong)."""
+    if database["status"] != "ok":
+        return "failed"
+    if cache["status"] != "ok" or queues["status"] not in ("ok", "not_used"):
+        return "degraded"
+    return "ok"
+
+
 @router.get(
     "/health/ready",
     summary="The database answers (status `degraded` when the cache or the queues do not)",
     responses={503: {"description": "the database failed; `failed` names it"}},
 )
 async def ready(services: ServicesDep) -> Response:
-    (_, database), cache, queues = await asyncio.gather(
-        run_check("database", services.db.ping), cache_check(services), queues_check(services)
-    )
-    failed = ["database"] if database["status"] != "ok" else []
-    if failed:
-        status = "unavailable"
-    elif cache["status"] != "ok" or queues["status"] not in ("ok", "not_used"):
-        status = "degraded"
-    else:
-        status = "ok"
+    database, cache, queues = await all_checks(services)
+    status = verdict(database, cache, queues)
+    failed = ["database"] if status == "failed" else []
     body = {
-        "status": status,
+        "status": "unavailable" if failed else status,
         "checks": {"database": database, "cache": cache, "queues": queues},
         "failed": failed,
         "time": dt.datetime.now(dt.UTC).isoformat(),

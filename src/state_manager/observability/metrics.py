@@ -35,37 +35,37 @@ QUEUE_PUBLISHED = Counter(
 )
 
 
-class PerCacheCounter:
-    """A counter labelled by cache (and a reason or tier), its children bound once: `labels()` costs on
+class PerCache:
+    """A metric labelled by cache (and a reason or tier), its children bound once: `labels()` costs on
     the lookup path."""
 
-    def __init__(self, counter: Counter) -> None:
-        self._counter = counter
+    def __init__(self, metric: Counter | Gauge) -> None:
+        self._metric = metric
         self._children: dict[tuple[str, ...], Any] = {}
 
     def child(self, *labels: str) -> Any:
         bound = self._children.get(labels)
         if bound is None:
-            bound = self._children[labels] = self._counter.labels(*labels)
+            bound = self._children[labels] = self._metric.labels(*labels)
         return bound
 
 
-CACHE_HITS = PerCacheCounter(
+CACHE_HITS = PerCache(
     Counter(
         "state_manager_cache_hits_total", "Lookups answered by a cache tier (local, redis)", ["cache", "tier"]
     )
 )
-CACHE_MISSES = PerCacheCounter(
+CACHE_MISSES = PerCache(
     Counter("state_manager_cache_misses_total", "Lookups that no tier could answer", ["cache"])
 )
-CACHE_COALESCED = PerCacheCounter(
+CACHE_COALESCED = PerCache(
     Counter(
         "state_manager_cache_coalesced_total",
         "Lookups that waited for another request's load of the same key instead of loading",
         ["cache"],
     )
 )
-CACHE_LOADS = PerCacheCounter(
+CACHE_LOADS = PerCache(
     Counter("state_manager_cache_loads_total", "Loads from the database by outcome", ["cache", "outcome"])
 )
 CACHE_LOAD_SECONDS = Histogram(
@@ -74,30 +74,37 @@ CACHE_LOAD_SECONDS = Histogram(
     ["cache"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
-CACHE_INVALIDATIONS = PerCacheCounter(
+CACHE_INVALIDATIONS = PerCache(
     Counter(
         "state_manager_cache_invalidations_total",
         "Local entries dropped because a write changed what they say",
         ["cache"],
     )
 )
-CACHE_EVICTIONS = PerCacheCounter(
+CACHE_EVICTIONS = PerCache(
     Counter(
         "state_manager_cache_evictions_total",
         "Local entries dropped for room (size) or age (expired)",
         ["cache", "reason"],
     )
 )
-_CACHE_ENTRIES = Gauge(
-    "state_manager_cache_local_entries", "Entries in the local tier", ["cache"], multiprocess_mode="livesum"
+CACHE_ENTRIES = PerCache(
+    Gauge(
+        "state_manager_cache_local_entries",
+        "Entries in the local tier",
+        ["cache"],
+        multiprocess_mode="livesum",
+    )
 )
-_CACHE_BYTES = Gauge(
-    "state_manager_cache_local_bytes",
-    "Approximate bytes in the local tier",
-    ["cache"],
-    multiprocess_mode="livesum",
+CACHE_BYTES = PerCache(
+    Gauge(
+        "state_manager_cache_local_bytes",
+        "Approximate bytes in the local tier",
+        ["cache"],
+        multiprocess_mode="livesum",
+    )
 )
-CACHE_SHARED_ERRORS = PerCacheCounter(
+CACHE_SHARED_ERRORS = PerCache(
     Counter(
         "state_manager_cache_redis_errors_total",
         "Redis calls that failed or timed out, by operation",
@@ -109,22 +116,6 @@ CACHE_CIRCUIT_OPEN = Gauge(
     "1 while the circuit to Redis is open (Redis skipped), else 0",
     multiprocess_mode="max",
 )
-_entries_children: dict[str, Any] = {}
-_bytes_children: dict[str, Any] = {}
-
-
-def cache_entries(cache: str) -> Any:
-    child = _entries_children.get(cache)
-    if child is None:
-        child = _entries_children[cache] = _CACHE_ENTRIES.labels(cache)
-    return child
-
-
-def cache_bytes(cache: str) -> Any:
-    child = _bytes_children.get(cache)
-    if child is None:
-        child = _bytes_children[cache] = _CACHE_BYTES.labels(cache)
-    return child
 
 
 def registry() -> CollectorRegistry:
