@@ -22,6 +22,8 @@ from state_manager.conversations.routes import router as conversations_router
 from state_manager.customers.routes import router as customers_router
 from state_manager.db import open_database
 from state_manager.deps import Services
+from state_manager.events.routes import router as events_router
+from state_manager.events.service import open_events
 from state_manager.genesys.routes import router as genesys_router
 from state_manager.messages.inbound import inbound_recorder
 from state_manager.messages.routes import router as messages_router
@@ -43,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         configure_logging(settings.log_level, settings.log_format)
         db = open_database(settings)
         cache = open_lookup_cache(settings)
+        events = open_events(settings, db)
         queues = None
         warming: asyncio.Task[None] | None = None
         try:
@@ -56,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 default_tenant_id=settings.default_tenant_id,
             )
             inbound = inbound_recorder(db, cache)
+            await events.start()
             if settings.rabbitmq_url:
                 queues = QueueConsumers(settings, db, cache, auth, inbound)
                 await queues.start()
@@ -65,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 cache=cache,
                 auth=auth,
                 inbound=inbound,
+                events=events,
                 queues=queues,
             )
             # Objects made at start-up live as long as the process; keeping them out of the
@@ -80,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await warming
             if queues is not None:
                 await queues.stop()
+            await events.close()
             await cache.close()
             await db.dispose()
 
@@ -101,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(genesys_router)
     app.include_router(customers_router)
     app.include_router(context_router)
+    app.include_router(events_router)
     app.include_router(tenant_routes.own)
     app.include_router(tenant_routes.admin)
     app.include_router(cache_admin.router)

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from state_manager.cache import LookupCache
 from state_manager.db import Database
 from state_manager.errors import Forbidden
+from state_manager.events.service import EventSystem
 from state_manager.messages.inbound import InboundRecorder
 from state_manager.queues.consumer import QueueConsumers
 from state_manager.settings import Settings
@@ -29,6 +30,7 @@ class Services:
     cache: LookupCache
     auth: Authenticator
     inbound: InboundRecorder
+    events: EventSystem
     queues: QueueConsumers | None  # when RABBITMQ_URL is set
 
 
@@ -41,7 +43,7 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def _presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
+def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
     if authorization:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
@@ -54,7 +56,7 @@ async def get_principal(
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Principal:
-    return await services.auth.principal(_presented_key(authorization, x_api_key))
+    return await services.auth.principal(presented_key(authorization, x_api_key))
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
@@ -99,7 +101,7 @@ async def get_tenant_scope(request: Request) -> TenantScope:
     services: Services = request.app.state.services
     headers = request.headers
     principal = await services.auth.principal(
-        _presented_key(headers.get("authorization"), headers.get("x-api-key"))
+        presented_key(headers.get("authorization"), headers.get("x-api-key"))
     )
     tenant_id = await services.auth.tenant_for(principal, headers.get("x-tenant-id"))
     return TenantScope(tenant_id=tenant_id, db=services.db, cache=services.cache)

@@ -69,6 +69,23 @@ class Settings(BaseSettings):
     cache_warm_hours: float = Field(
         default=24.0, gt=0, le=24 * 365, description="Warm conversations active within this many hours."
     )
+    # Events (docs/design.md, "Events"): relay, hub and WebSocket subscriptions.
+    events_sweep_seconds: float = Field(
+        default=5.0, gt=0, le=3600, description="How often every tenant is checked for events left unrelayed"
+    )
+    events_catchup_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="How often a process compares its feeds with the events table"
+    )
+    events_ws_backlog: int = Field(
+        default=1000, ge=1, le=1_000_000, description="Events a WebSocket may fall behind before it is closed"
+    )
+    events_publish_timeout_seconds: float = Field(default=1.0, gt=0, le=60)
+    events_stream_maxlen: int = Field(
+        default=100_000,
+        ge=1,
+        le=100_000_000,
+        description="About how many events each tenant's Redis stream keeps",
+    )
     default_tenant_id: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
     # RabbitMQ, as the existing service names it (the same variables override the same queue names).

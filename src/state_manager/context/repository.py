@@ -35,8 +35,9 @@ async def upsert_latest(
     scope_id: uuid.UUID,
     values: dict[str, Any],
     at: dt.datetime,
-) -> None:
-    """Writes each key unless the stored value is newer (last writer by event time wins)."""
+) -> dict[str, Any]:
+    """Writes each key unless the stored value is newer (last writer by event time wins); returns the
+    keys written, with their values (None: removed)."""
     changed(tenant_id, thread_tag(scope_id) if scope == "conversation" else customer_tag(scope_id))
     insert = dialect_insert(conn.dialect.name)(context_entries)
     statement = insert.on_conflict_do_update(
@@ -47,7 +48,7 @@ async def upsert_latest(
             "updated_at": insert.excluded.updated_at,
         },
         where=ce.updated_at <= insert.excluded.updated_at,
-    )
+    ).returning(ce.key)
     rows = [
         {
             "tenant_id": tenant_id,
@@ -60,4 +61,5 @@ async def upsert_latest(
         }
         for key, value in values.items()
     ]
-    await conn.execute(statement, rows)
+    written = set((await conn.execute(statement, rows)).scalars())
+    return {key: value for key, value in values.items() if key in written}

@@ -12,13 +12,20 @@ from state_manager.conversations import service as conversations
 from state_manager.customers import repository as customers_repo
 from state_manager.db.types import utcnow
 from state_manager.errors import NotFound
+from state_manager.events.emit import emit
+from state_manager.events.types import EventType
 
 
-async def _require_owner(conn: AsyncConnection, tenant_id: str, scope: str, scope_id: uuid.UUID) -> None:
+async def _require_owner(
+    conn: AsyncConnection, tenant_id: str, scope: str, scope_id: uuid.UUID
+) -> dict[str, uuid.UUID]:
+    """The IDs an event about this context carries."""
     if scope == "conversation":
-        await conversations.require(conn, tenant_id, scope_id)
-    elif await customers_repo.get(conn, tenant_id, scope_id) is None:
+        conversation = await conversations.require(conn, tenant_id, scope_id)
+        return {"conversation_id": scope_id, "customer_id": conversation["customer_id"]}
+    if await customers_repo.get(conn, tenant_id, scope_id) is None:
         raise NotFound(f"customer {scope_id} not found")
+    return {"customer_id": scope_id}
 
 
 async def read(conn: AsyncConnection, tenant_id: str, scope: str, scope_id: uuid.UUID) -> ContextRead:
@@ -33,6 +40,8 @@ async def read(conn: AsyncConnection, tenant_id: str, scope: str, scope_id: uuid
 async def patch(
     conn: AsyncConnection, tenant_id: str, scope: str, scope_id: uuid.UUID, data: ContextPatch
 ) -> ContextRead:
-    await _require_owner(conn, tenant_id, scope, scope_id)
-    await repo.upsert_latest(conn, tenant_id, scope, scope_id, data.values, data.at or utcnow())
+    ids = await _require_owner(conn, tenant_id, scope, scope_id)
+    written = await repo.upsert_latest(conn, tenant_id, scope, scope_id, data.values, data.at or utcnow())
+    if written:
+        emit(conn, tenant_id, EventType.CONTEXT_CHANGED, {"scope": scope, "values": written}, **ids)
     return await read(conn, tenant_id, scope, scope_id)

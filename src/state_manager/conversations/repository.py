@@ -127,6 +127,18 @@ async def delete(conn: AsyncConnection, tenant_id: str, conversation_id: uuid.UU
     await conn.execute(conversations.delete().where(c.tenant_id == tenant_id, c.id == conversation_id))
 
 
+async def customers_of(
+    conn: AsyncConnection, tenant_id: str, conversation_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, uuid.UUID]:
+    """The customer of each conversation."""
+    if not conversation_ids:
+        return {}
+    query = select(c.id, c.customer_id).where(
+        c.tenant_id == tenant_id, c.id.in_(sorted(set(conversation_ids)))
+    )
+    return {row.id: row.customer_id for row in await conn.execute(query)}
+
+
 async def update_versioned(
     conn: AsyncConnection,
     tenant_id: str,
@@ -315,14 +327,17 @@ async def mark_left(
     conversation_id: uuid.UUID,
     at: dt.datetime,
     participant_id: uuid.UUID | None = None,
-) -> None:
-    """Sets left_at (never before joined_at) on one present participant, or on all of them."""
+) -> Sequence[RowMapping]:
+    """Sets left_at (never before joined_at) on one present participant, or on all of them; returns
+    those it marked."""
     conditions = [p.tenant_id == tenant_id, p.conversation_id == conversation_id, p.left_at.is_(None)]
     if participant_id is not None:
         conditions.append(p.id == participant_id)
     changed(tenant_id, thread_tag(conversation_id))
     left = case((p.joined_at > at, p.joined_at), else_=at)
-    await conn.execute(update(participants).where(*conditions).values(left_at=left))
+    statement = update(participants).where(*conditions).values(left_at=left).returning(participants)
+    marked: Sequence[RowMapping] = (await conn.execute(statement)).mappings().all()
+    return marked
 
 
 async def find_by_genesys_field(

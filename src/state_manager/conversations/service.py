@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -30,6 +31,8 @@ from state_manager.db import Database
 from state_manager.db.types import utcnow
 from state_manager.errors import Conflict, InvalidTransition, NotFound, PreconditionFailed, Unavailable
 from state_manager.etag import etag
+from state_manager.events.emit import emit
+from state_manager.events.types import EventType
 from state_manager.jsonpatch import merge_patch
 
 GET_OR_CREATE_ATTEMPTS = 5
@@ -94,6 +97,14 @@ async def get_or_create_open(
         if created is not None:
             await repo.insert_state_change(
                 conn, tenant_id, created["id"], None, ConversationState.PENDING.value, "created", now
+            )
+            emit(
+                conn,
+                tenant_id,
+                EventType.CONVERSATION_CREATED,
+                {"state": created["state"], "channel": channel, "business_number_id": business_number_id},
+                conversation_id=created["id"],
+                customer_id=customer_id,
             )
             return created, True
     # Only reachable if the open conversation is closed and reopened between every read and insert.
@@ -242,6 +253,23 @@ async def update(
     )
     if updated is None:
         raise PreconditionFailed("the conversation changed while it was being updated; read it again")
+    ids = {"conversation_id": conversation_id, "customer_id": updated["customer_id"]}
+    correlated: dict[str, Any] = {
+        field: values.pop(field)
+        for field in ("genesys_conversation_id", "genesys_communication_id")
+        if field in values
+    }
+    if correlated:
+        emit(conn, tenant_id, EventType.CONVERSATION_CORRELATED, correlated, **ids)
+    if values:
+        fields = {field: updated[field] for field in values}
+        emit(
+            conn,
+            tenant_id,
+            EventType.CONVERSATION_UPDATED,
+            {"fields": fields, "version": updated["version"]},
+            **ids,
+        )
     return to_read(updated)
 
 
@@ -270,10 +298,11 @@ async def transition(
     now = utcnow()
     at = request.at or now
     values: dict[str, Any] = {"state": target.value, "state_reason": request.reason, "state_changed_at": at}
+    left: Sequence[RowMapping] = ()
     if target in FINAL_STATES:
         values["closed_at"] = at
         values["close_reason"] = request.reason
-        await repo.mark_left(conn, tenant_id, conversation_id, at)
+        left = await repo.mark_left(conn, tenant_id, conversation_id, at)
     updated = await repo.update_versioned(
         conn, tenant_id, conversation_id, values, expected_version=row["version"], at=now
     )
@@ -282,7 +311,27 @@ async def transition(
     await repo.insert_state_change(
         conn, tenant_id, conversation_id, current.value, target.value, request.reason, at
     )
+    ids = {"conversation_id": conversation_id, "customer_id": row["customer_id"]}
+    for participant in left:
+        emit(conn, tenant_id, EventType.PARTICIPANT_LEFT, _participant_payload(participant), **ids)
+    emit(
+        conn,
+        tenant_id,
+        EventType.CONVERSATION_STATE_CHANGED,
+        {"from": current.value, "to": target.value, "reason": request.reason, "version": updated["version"]},
+        **ids,
+    )
     return to_read(updated)
+
+
+def _participant_payload(row: RowMapping) -> dict[str, Any]:
+    return {
+        "participant_id": str(row["id"]),
+        "role": row["role"],
+        "participant_ref": row["participant_ref"],
+        "joined_at": row["joined_at"].isoformat(),
+        "left_at": None if row["left_at"] is None else row["left_at"].isoformat(),
+    }
 
 
 async def history(conn: AsyncConnection, tenant_id: str, conversation_id: uuid.UUID) -> list[StateChangeRead]:
@@ -324,6 +373,14 @@ async def add_participant(
     }
     created = await repo.insert_participant(conn, tenant_id, values)
     if created is not None:
+        emit(
+            conn,
+            tenant_id,
+            EventType.PARTICIPANT_JOINED,
+            _participant_payload(created),
+            conversation_id=conversation_id,
+            customer_id=row["customer_id"],
+        )
         return ParticipantRead.model_validate(dict(created)), True
     present = await repo.present_participant(
         conn, tenant_id, conversation_id, data.role, data.participant_ref
@@ -340,8 +397,16 @@ async def remove_participant(
     at: dt.datetime | None,
 ) -> ParticipantRead:
     """Marks a participant as left; leaving twice keeps the first leave time."""
-    await require(conn, tenant_id, conversation_id)
-    await repo.mark_left(conn, tenant_id, conversation_id, at or utcnow(), participant_id)
+    conversation = await require(conn, tenant_id, conversation_id)
+    for left in await repo.mark_left(conn, tenant_id, conversation_id, at or utcnow(), participant_id):
+        emit(
+            conn,
+            tenant_id,
+            EventType.PARTICIPANT_LEFT,
+            _participant_payload(left),
+            conversation_id=conversation_id,
+            customer_id=conversation["customer_id"],
+        )
     row = await repo.get_participant(conn, tenant_id, conversation_id, participant_id)
     if row is None:
         raise NotFound(f"participant {participant_id} not found")

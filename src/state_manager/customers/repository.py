@@ -134,15 +134,20 @@ async def delete_customer(conn: AsyncConnection, tenant_id: str, customer_id: uu
 
 async def set_display_name_if_changed(
     conn: AsyncConnection, tenant_id: str, customer_id: uuid.UUID, name: str, at: dt.datetime
-) -> None:
-    result = await conn.execute(
-        update(customers)
-        .where(
-            customers.c.tenant_id == tenant_id,
-            customers.c.id == customer_id,
-            or_(customers.c.display_name.is_(None), customers.c.display_name != name),
+) -> int | None:
+    """The customer's new version, or None if the name was already `name`."""
+    version: int | None = (
+        await conn.execute(
+            update(customers)
+            .where(
+                customers.c.tenant_id == tenant_id,
+                customers.c.id == customer_id,
+                or_(customers.c.display_name.is_(None), customers.c.display_name != name),
+            )
+            .values(display_name=name, version=customers.c.version + 1, updated_at=at)
+            .returning(customers.c.version)
         )
-        .values(display_name=name, version=customers.c.version + 1, updated_at=at)
-    )
-    if result.rowcount:
+    ).scalar_one_or_none()
+    if version is not None:
         customer_changed(tenant_id, customer_id)
+    return version

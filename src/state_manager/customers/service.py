@@ -19,6 +19,8 @@ from state_manager.db import Database
 from state_manager.db.types import utcnow
 from state_manager.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
 from state_manager.etag import etag
+from state_manager.events.emit import emit
+from state_manager.events.types import EventType
 from state_manager.jsonpatch import merge_patch
 
 
@@ -59,6 +61,13 @@ async def create(conn: AsyncConnection, tenant_id: str, data: CustomerCreate) ->
                 f"identity {channel}:{external_id} already belongs to another customer",
                 extra={"customer_id": str(owner)},
             )
+    emit(
+        conn,
+        tenant_id,
+        EventType.CUSTOMER_CREATED,
+        {"display_name": data.display_name},
+        customer_id=customer_id,
+    )
     return await read(conn, tenant_id, customer_id)
 
 
@@ -113,6 +122,15 @@ async def update(
     )
     if row is None:  # changed between our read and our write
         raise PreconditionFailed("the customer changed while it was being updated; read it again")
+    if values:
+        fields = {field: row[field] for field in values}
+        emit(
+            conn,
+            tenant_id,
+            EventType.CUSTOMER_UPDATED,
+            {"fields": fields, "version": row["version"]},
+            customer_id=customer_id,
+        )
     return await read(conn, tenant_id, customer_id)
 
 
@@ -122,7 +140,15 @@ async def add_identity(
     if await repo.get(conn, tenant_id, customer_id) is None:
         raise NotFound(f"customer {customer_id} not found")
     channel, external_id = normalized(identity, "external_id")
-    if not await repo.insert_identity(conn, tenant_id, channel, external_id, customer_id, utcnow()):
+    if await repo.insert_identity(conn, tenant_id, channel, external_id, customer_id, utcnow()):
+        emit(
+            conn,
+            tenant_id,
+            EventType.CUSTOMER_IDENTITY_ADDED,
+            {"channel": channel, "external_id": external_id},
+            customer_id=customer_id,
+        )
+    else:
         owner = await repo.customer_id_by_identity(conn, tenant_id, channel, external_id)
         if owner != customer_id:
             raise Conflict(
@@ -161,10 +187,19 @@ async def find_or_create_by_whatsapp(
     phone = phone_from_wa_id(wa_id)
     if phone is not None:
         await repo.insert_identity(conn, tenant_id, IdentityChannel.PHONE.value, phone, customer_id, at)
+    emit(conn, tenant_id, EventType.CUSTOMER_CREATED, {"display_name": profile_name}, customer_id=customer_id)
     return customer_id, True
 
 
 async def refresh_profile_name(
     conn: AsyncConnection, tenant_id: str, customer_id: uuid.UUID, profile_name: str
 ) -> None:
-    await repo.set_display_name_if_changed(conn, tenant_id, customer_id, profile_name, utcnow())
+    version = await repo.set_display_name_if_changed(conn, tenant_id, customer_id, profile_name, utcnow())
+    if version is not None:
+        emit(
+            conn,
+            tenant_id,
+            EventType.CUSTOMER_UPDATED,
+            {"fields": {"display_name": profile_name}, "version": version},
+            customer_id=customer_id,
+        )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,6 +22,27 @@ from state_manager.settings import Settings
 
 RETRY_AFTER_SECONDS = "2"
 LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout
+_HOOKS = "state_manager_transaction_hooks"
+
+
+class TransactionHooks:
+    """Work a transaction defers to its end: `before_commit` runs inside it, last (so that what it writes
+    comes after every lock the transaction took); `committed` names the tenants whose new events the
+    commit made visible, for `Database.commit_listeners`; `held` keeps what deferred work collects, and
+    goes with the transaction (conn.info outlives it, in the pool)."""
+
+    __slots__ = ("before_commit", "committed", "held")
+
+    def __init__(self) -> None:
+        self.before_commit: list[Callable[[AsyncConnection], Awaitable[None]]] = []
+        self.committed: set[str] = set()
+        self.held: dict[str, Any] = {}
+
+
+def hooks_of(conn: AsyncConnection) -> TransactionHooks:
+    """The hooks of the transaction `conn` is in (opened by `Database.transaction`)."""
+    hooks: TransactionHooks = conn.info[_HOOKS]
+    return hooks
 
 
 class Database(abc.ABC):
@@ -29,6 +50,13 @@ class Database(abc.ABC):
 
     name: str
     engine: AsyncEngine
+    # Called with a tenant after a commit that wrote events for it (the event relay listens).
+    commit_listeners: list[Callable[[str], None]]
+
+    def committed(self, tenant_id: str) -> None:
+        """Tells the listeners that a commit made new events of the tenant visible."""
+        for listener in self.commit_listeners:
+            listener(tenant_id)
 
     @abc.abstractmethod
     def _begin(
@@ -46,9 +74,17 @@ class Database(abc.ABC):
         Retry-After; nothing is reported as done unless the commit returned. With `lock_timeout`, waiting
         longer than that for a row lock raises LockTimeout (PostgreSQL; SQLite waits its busy timeout).
         """
+        hooks = TransactionHooks()
         try:
             async with self._begin(tenant_id, write, lock_timeout) as conn:
-                yield conn
+                # conn.info lives as long as the pooled connection: the hooks leave it with the block.
+                conn.info[_HOOKS] = hooks
+                try:
+                    yield conn
+                    for work in hooks.before_commit:
+                        await work(conn)
+                finally:
+                    del conn.info[_HOOKS]
         except StateManagerError:
             raise
         except IntegrityError:
@@ -69,6 +105,8 @@ class Database(abc.ABC):
                     headers={"Retry-After": RETRY_AFTER_SECONDS},
                 ) from exc
             raise
+        for committed_tenant in hooks.committed:
+            self.committed(committed_tenant)
 
     async def ping(self) -> float:
         """Round-trip time of `SELECT 1` in seconds."""

@@ -29,6 +29,7 @@ class PostgresDatabase(Database):
     name = "postgresql"
 
     def __init__(self, settings: Settings, *, as_app_role: bool = True) -> None:
+        self.commit_listeners = []
         self.engine = create_async_engine(
             settings.effective_database_url,
             pool_size=settings.db_pool_size,

@@ -38,6 +38,7 @@ class SqliteDatabase(Database):
     name = "sqlite"
 
     def __init__(self, settings: Settings) -> None:
+        self.commit_listeners = []
         url = settings.effective_database_url
         if (path := database_file(url)) is not None:
             create_private_file(path)

@@ -3,6 +3,7 @@
 from state_manager.context.models import context_entries
 from state_manager.conversations.models import conversations, participants, state_changes
 from state_manager.customers.models import customer_identities, customers
+from state_manager.events.models import event_relay, events
 from state_manager.messages.models import messages, pending_receipts
 from state_manager.queues.models import broker_outbox
 from state_manager.tenants.models import api_keys, organizations, tenants
@@ -20,6 +21,8 @@ TENANT_TABLES = (
     context_entries,
     webhook_events,
     broker_outbox,
+    events,
+    event_relay,
 )
 
 __all__ = [
@@ -30,6 +33,8 @@ __all__ = [
     "conversations",
     "customer_identities",
     "customers",
+    "event_relay",
+    "events",
     "messages",
     "organizations",
     "participants",

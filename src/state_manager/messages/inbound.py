@@ -23,7 +23,7 @@ from state_manager.customers import service as customers
 from state_manager.customers.identity import IdentityChannel, phone_from_wa_id
 from state_manager.customers.schemas import IdentityIn
 from state_manager.db import Database
-from state_manager.db.database import RETRY_AFTER_SECONDS
+from state_manager.db.database import RETRY_AFTER_SECONDS, hooks_of
 from state_manager.db.postgres import PostgresDatabase
 from state_manager.db.types import utcnow
 from state_manager.errors import LockTimeout, Unavailable
@@ -82,6 +82,8 @@ class PostgresInboundRecorder(InboundRecorder):
     async def record(self, tenant_id: str, data: InboundMessage) -> InboundRecorded:
         async with self.db.driver_connection() as connection:
             recorded, profile_changed = await self._call(connection, tenant_id, data)
+        if not recorded.duplicate or profile_changed:
+            self.db.committed(tenant_id)  # the function wrote events (migration 0006)
         await self.cache.publish({(tenant_id, tag) for tag in _changed_by(recorded, profile_changed)})
         return recorded
 
@@ -90,6 +92,7 @@ class PostgresInboundRecorder(InboundRecorder):
         assert isinstance(driver, asyncpg.Connection)
         recorded, profile_changed = await self._call(driver, tenant_id, data)
         changed(tenant_id, *_changed_by(recorded, profile_changed))
+        hooks_of(conn).committed.add(tenant_id)
         return recorded
 
     async def _call(

@@ -26,6 +26,8 @@ from state_manager.db import Database
 from state_manager.db.locks import lock_names
 from state_manager.db.types import utcnow
 from state_manager.errors import Conflict, NotFound
+from state_manager.events.emit import emit, withdraw
+from state_manager.events.types import EventType
 from state_manager.messages import repository as repo
 from state_manager.messages.schemas import (
     Correlation,
@@ -41,6 +43,7 @@ from state_manager.messages.schemas import (
     SenderType,
 )
 from state_manager.messages.status import (
+    DeliveryStatus,
     Direction,
     Failure,
     Receipt,
@@ -121,7 +124,7 @@ def _message_values(
 
 
 async def _insert_once(
-    conn: AsyncConnection, tenant_id: str, values: dict[str, Any], *, now: dt.datetime
+    conn: AsyncConnection, tenant_id: str, values: dict[str, Any], *, customer_id: uuid.UUID, now: dt.datetime
 ) -> tuple[RowMapping, bool]:
     """Inserts the message unless one with the same wamid or Genesys ID exists; a repeat changes nothing."""
     created = await repo.insert(conn, tenant_id, values)
@@ -139,10 +142,53 @@ async def _insert_once(
         at=values["occurred_at"],
         now=now,
     )
+    emit(
+        conn,
+        tenant_id,
+        EventType.MESSAGE_RECORDED,
+        {field: created[field] for field in _RECORDED_FIELDS},
+        conversation_id=created["conversation_id"],
+        customer_id=customer_id,
+        message_id=created["id"],
+    )
     return created, True
 
 
-async def _apply_held(conn: AsyncConnection, tenant_id: str, row: RowMapping) -> RowMapping:
+# The payload of message.recorded; sm_record_inbound (migration 0006) writes the same fields.
+_RECORDED_FIELDS = ("direction", "type", "wamid", "genesys_message_id", "text", "sender_type")
+
+
+def _emit_status_change(
+    conn: AsyncConnection,
+    tenant_id: str,
+    row: RowMapping,
+    customer_id: uuid.UUID | None,
+    before: StatusTimes,
+    after: StatusTimes,
+) -> None:
+    direction = Direction(row["direction"])
+    was, now_is = derive(before, direction), derive(after, direction)
+    if was == now_is:
+        return
+    failure = after.failure if now_is is DeliveryStatus.FAILED else None
+    emit(
+        conn,
+        tenant_id,
+        EventType.MESSAGE_STATUS_CHANGED,
+        {
+            "from": was.value,
+            "to": now_is.value,
+            "failure": None if failure is None else {"code": failure.code, "title": failure.title},
+        },
+        conversation_id=row["conversation_id"],
+        customer_id=customer_id,
+        message_id=row["id"],
+    )
+
+
+async def _apply_held(
+    conn: AsyncConnection, tenant_id: str, row: RowMapping, customer_id: uuid.UUID
+) -> RowMapping:
     """Applies receipts that arrived before the message (or before the ID they name was linked)."""
     await _lock_external_ids(
         conn, tenant_id, [(kind, row[field]) for kind, field in _ID_FIELDS if row[field] is not None]
@@ -154,7 +200,7 @@ async def _apply_held(conn: AsyncConnection, tenant_id: str, row: RowMapping) ->
         held += await repo.take_held(conn, tenant_id, "genesys", row["genesys_message_id"])
     if not held:
         return row
-    times = _times(row)
+    before = times = _times(row)
     for receipt in held:
         failure = Failure(receipt["failure_code"], receipt["failure_title"], receipt["failure_details"])
         status = ReceiptStatus(receipt["status"])
@@ -168,6 +214,7 @@ async def _apply_held(conn: AsyncConnection, tenant_id: str, row: RowMapping) ->
         [{"id": row["id"], "conversation_id": row["conversation_id"], **_time_values(times)}],
         utcnow(),
     )
+    _emit_status_change(conn, tenant_id, row, customer_id, before, times)
     refreshed = await repo.get(conn, tenant_id, row["id"])
     assert refreshed is not None
     return refreshed
@@ -186,9 +233,10 @@ async def record(
         "sender_type": (data.sender_type or default_sender).value,
         "sender_id": data.sender_id,
     }
-    row, created = await _insert_once(conn, tenant_id, values, now=now)
+    customer_id = conversation["customer_id"]
+    row, created = await _insert_once(conn, tenant_id, values, customer_id=customer_id, now=now)
     if created:
-        row = await _apply_held(conn, tenant_id, row)
+        row = await _apply_held(conn, tenant_id, row, customer_id)
     return to_read(row), created
 
 
@@ -231,11 +279,12 @@ async def record_inbound(conn: AsyncConnection, tenant_id: str, data: InboundMes
         state, genesys_id = conversation["state"], conversation["genesys_conversation_id"]
     values = _message_values(data, conversation_id=conversation_id, direction=Direction.INBOUND, now=now)
     values |= {"wamid": data.wamid, "genesys_message_id": None, "sender_type": "customer", "sender_id": wa_id}
-    row, created = await _insert_once(conn, tenant_id, values, now=now)
+    row, created = await _insert_once(conn, tenant_id, values, customer_id=customer_id, now=now)
     if not created:
         # Recorded meanwhile by a concurrent call: undo the conversation this one opened (still private).
         if conversation_created:
             await conversations_repo.delete(conn, tenant_id, conversation_id)
+            withdraw(conn, conversation_id=conversation_id)
         return await _repeat(conn, tenant_id, row)
     return InboundRecorded(
         customer_id=customer_id,
@@ -347,7 +396,19 @@ async def link_ids(conn: AsyncConnection, tenant_id: str, message_id: uuid.UUID,
         every_id = [(kind, values.get(field) or row[field]) for kind, field in _ID_FIELDS]
         await _lock_external_ids(conn, tenant_id, [(kind, value) for kind, value in every_id if value])
         row = await repo.set_external_ids(conn, tenant_id, message_id, values, utcnow())
-        row = await _apply_held(conn, tenant_id, row)
+        customer_id = (await conversations_repo.customers_of(conn, tenant_id, [row["conversation_id"]]))[
+            row["conversation_id"]
+        ]
+        emit(
+            conn,
+            tenant_id,
+            EventType.MESSAGE_LINKED,
+            {"wamid": row["wamid"], "genesys_message_id": row["genesys_message_id"]},
+            conversation_id=row["conversation_id"],
+            customer_id=customer_id,
+            message_id=message_id,
+        )
+        row = await _apply_held(conn, tenant_id, row, customer_id)
     return to_read(row)
 
 
@@ -444,6 +505,15 @@ async def apply_receipts(
     ]
     await repo.write_times(conn, tenant_id, changes, now)
     await repo.hold_receipts(conn, tenant_id, held)
+    if changes:
+        customer_of = await conversations_repo.customers_of(
+            conn, tenant_id, [change["conversation_id"] for change in changes]
+        )
+        for change in changes:
+            row = rows[change["id"]]
+            _emit_status_change(
+                conn, tenant_id, row, customer_of.get(row["conversation_id"]), _times(row), times[row["id"]]
+            )
     # Every result for a message reports the status after the whole batch.
     final = {
         message_id: derive(t, Direction(rows[message_id]["direction"])) for message_id, t in times.items()

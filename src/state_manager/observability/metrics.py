@@ -117,6 +117,18 @@ CACHE_CIRCUIT_OPEN = Gauge(
     multiprocess_mode="max",
 )
 
+EVENTS_NUMBERED = Counter("state_manager_events_numbered_total", "Events numbered by this process's relay")
+EVENT_RELAY_ERRORS = Counter(
+    "state_manager_event_relay_errors_total", "Relay runs that failed (database or bus away) and will retry"
+)
+EVENTS_SENT = Counter(
+    "state_manager_events_sent_total", "Events sent to WebSocket subscribers (replayed or live)", ["phase"]
+)
+WS_SUBSCRIBERS = Gauge(
+    "state_manager_ws_subscribers", "WebSocket subscribers connected", multiprocess_mode="livesum"
+)
+WS_CLOSED = Counter("state_manager_ws_closed_total", "WebSocket subscriptions closed, by reason", ["reason"])
+
 
 def registry() -> CollectorRegistry:
     """Every worker's metrics when several share PROMETHEUS_MULTIPROC_DIR, else this process's."""

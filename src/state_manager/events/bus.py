@@ -1,0 +1,160 @@
+"""How numbered events reach every process and durable consumers: Redis in production, nothing to cross
+on the embedded default.
+
+- `RedisBus`: one script per batch appends each event to the tenant's stream `sm:{tenant}:events`
+  (entry ID `<seq>-1`, so appending an event twice is refused by Redis itself: a relay that publishes a
+  batch again after a crash adds nothing) and publishes the batch on `sm:events` for live fan-out.
+  Durable consumers read the stream (XREAD / XREADGROUP); its length is capped (`EVENTS_STREAM_MAXLEN`),
+  and the events table stays the source of truth (`GET /v1/events?after=`).
+- `InProcessBus`: the relay hands the batch to this process's hub. With several workers on the embedded
+  default, each hub also reads what the others numbered from the table (`EventHub` catch-up).
+
+Pub/sub may lose a message (a subscriber reconnecting); the hub notices the gap in `seq` and reads what
+it missed from the table, so nothing is lost, only later.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+
+from state_manager.events.schemas import Published
+from state_manager.settings import Settings
+
+log = logging.getLogger("state_manager.events")
+
+CHANNEL = "sm:events"
+Deliver = Callable[[Sequence[Published]], None]
+
+# ARGV: channel, stream length cap, (seq, event JSON) per event, then the batch as the channel's message.
+_APPEND = """
+local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local last = 0
+if #top > 0 then last = tonumber(string.match(top[1][1], '^(%d+)')) end
+for i = 3, #ARGV - 1, 2 do
+  if tonumber(ARGV[i]) > last then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], ARGV[i] .. '-1', 'event', ARGV[i + 1])
+  end
+end
+redis.call('PUBLISH', ARGV[1], ARGV[#ARGV])
+return 1
+"""
+
+
+def stream_key(tenant_id: str) -> str:
+    return f"sm:{{{tenant_id}}}:events"
+
+
+class EventBus(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    async def start(self, deliver: Deliver) -> None: ...
+
+    @abc.abstractmethod
+    async def publish(self, tenant_id: str, batch: Sequence[Published]) -> None:
+        """Raises unless every event of the batch reached the bus."""
+
+    async def close(self) -> None:
+        return None
+
+    def report(self) -> dict[str, Any]:
+        return {"backend": self.name, "status": "ok"}
+
+
+class InProcessBus(EventBus):
+    name = "in-process"
+
+    def __init__(self) -> None:
+        self._deliver: Deliver | None = None
+
+    async def start(self, deliver: Deliver) -> None:
+        self._deliver = deliver
+
+    async def publish(self, tenant_id: str, batch: Sequence[Published]) -> None:
+        if self._deliver is not None:
+            self._deliver(batch)
+
+
+class RedisBus(EventBus):
+    name = "redis"
+
+    def __init__(self, url: str, *, timeout: float, stream_maxlen: int) -> None:
+        self._redis = Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self._subscriber = Redis.from_url(url, socket_connect_timeout=timeout)
+        self._append = self._redis.register_script(_APPEND)
+        self._stream_maxlen = stream_maxlen
+        self._listener: asyncio.Task[None] | None = None
+        self.subscribed = False
+        self.last_error: str | None = None
+
+    async def start(self, deliver: Deliver) -> None:
+        ready = asyncio.Event()
+        self._listener = asyncio.create_task(self._listen(deliver, ready), name="event-bus-listener")
+        # Starting without Redis still works: the hub reads the table until the bus is back.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ready.wait(), timeout=2.0)
+
+    async def publish(self, tenant_id: str, batch: Sequence[Published]) -> None:
+        arguments: list[bytes | str | int] = [CHANNEL, self._stream_maxlen]
+        for event in batch:
+            arguments += [str(event.seq), event.json]
+        # The channel's message: the events, one JSON document per line (JSON never holds a raw newline).
+        await self._append(keys=[stream_key(tenant_id)], args=[*arguments, b"\n".join(e.json for e in batch)])
+
+    async def _listen(self, deliver: Deliver, ready: asyncio.Event) -> None:
+        delay = 0.1
+        while True:
+            pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(CHANNEL)
+                self.subscribed = True
+                ready.set()
+                delay = 0.1
+                async for message in pubsub.listen():
+                    deliver([Published.from_document(line) for line in message["data"].split(b"\n")])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if self.subscribed:
+                    log.warning("event channel lost (%s); the hub reads the table until it is back", exc)
+                self.subscribed = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await self._redis.aclose()
+        await self._subscriber.aclose()
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "status": "ok" if self.subscribed else "degraded",
+            "subscribed": self.subscribed,
+            "last_error": self.last_error,
+        }
+
+
+def open_event_bus(settings: Settings) -> EventBus:
+    """Redis when REDIS_URL is set; this process alone otherwise."""
+    if settings.redis_url:
+        return RedisBus(
+            settings.redis_url,
+            timeout=settings.events_publish_timeout_seconds,
+            stream_maxlen=settings.events_stream_maxlen,
+        )
+    return InProcessBus()

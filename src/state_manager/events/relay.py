@@ -1,0 +1,150 @@
+"""The relay: numbers committed events per tenant, then publishes them on the bus.
+
+Any number of instances run one. For each tenant, one relay at a time holds the lease (a
+transaction-scoped advisory lock on PostgreSQL, the write lock on SQLite) and, in that transaction,
+numbers the unnumbered events in the order they were written, from the tenant's last number: the
+numbers of committed events therefore have no gaps and never change. Publishing happens after that
+commit, so nothing is announced that could still roll back; `published_seq` records how far the bus got,
+and whoever holds the lease next publishes again what a crash or a bus outage left behind (the stream
+refuses an entry it holds; subscribers skip a number they have seen).
+
+A commit that wrote events wakes the relay of its own process at once (`Database.commit_listeners`);
+every `EVENTS_SWEEP_SECONDS` each relay also looks at every tenant for events a crashed process left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from sqlalchemy import RowMapping, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from state_manager.db import Database
+from state_manager.db.locks import lock_names
+from state_manager.events import repository as repo
+from state_manager.events.bus import EventBus
+from state_manager.events.schemas import Published
+from state_manager.observability import metrics
+from state_manager.tenants.models import tenants
+
+log = logging.getLogger("state_manager.events")
+
+BATCH = 500
+LEASE_WAIT_SECONDS = 5.0
+RETRY_SECONDS = 1.0
+
+# Work done inside the numbering transaction, with the events just numbered (webhook deliveries).
+OnNumbered = Callable[[AsyncConnection, str, Sequence[RowMapping]], Awaitable[None]]
+
+
+class EventRelay:
+    def __init__(self, db: Database, bus: EventBus, *, sweep_seconds: float) -> None:
+        self.db = db
+        self.bus = bus
+        self.sweep_seconds = sweep_seconds
+        self.on_numbered: list[OnNumbered] = []
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self.numbered = 0
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        self.db.commit_listeners.append(self.notify)
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="event-relay-sweep")
+
+    async def close(self) -> None:
+        if self.notify in self.db.commit_listeners:
+            self.db.commit_listeners.remove(self.notify)
+        tasks = [*self._running.values(), *([self._sweeper] if self._sweeper else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def notify(self, tenant_id: str) -> None:
+        """A commit made events of the tenant visible: relay them now (or once the current run ends)."""
+        if tenant_id in self._running:
+            self._again.add(tenant_id)
+            return
+        task = asyncio.get_running_loop().create_task(self._work(tenant_id), name=f"event-relay:{tenant_id}")
+        self._running[tenant_id] = task
+
+    async def _work(self, tenant_id: str) -> None:
+        try:
+            while True:
+                self._again.discard(tenant_id)
+                try:
+                    more = await self.relay_once(tenant_id)
+                except Exception as exc:
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    metrics.EVENT_RELAY_ERRORS.inc()
+                    log.warning(
+                        "events not relayed yet; trying again",
+                        extra={"tenant_id": tenant_id, "error": self.last_error},
+                    )
+                    await asyncio.sleep(RETRY_SECONDS)
+                    continue
+                if not more and tenant_id not in self._again:
+                    return
+        finally:
+            self._running.pop(tenant_id, None)
+
+    async def relay_once(self, tenant_id: str) -> bool:
+        """Numbers a batch of new events, then publishes the oldest numbered events not yet published
+        (numbering goes on while the bus is away: the hubs read numbered events from the table).
+        True if there may be more."""
+        async with self.db.transaction(tenant_id, write=True, lock_timeout=LEASE_WAIT_SECONDS) as conn:
+            await lock_names(conn, [f"events-relay:{tenant_id}"])
+            last, published = await repo.relay_state(conn, tenant_id)
+            numbered = await repo.number_pending(conn, tenant_id, last, BATCH)
+            if numbered:
+                await repo.save_relay_state(conn, tenant_id, numbered[-1]["seq"], published)
+                for hook in self.on_numbered:
+                    await hook(conn, tenant_id, numbered)
+            newest = numbered[-1]["seq"] if numbered else last
+            if published == last:
+                unpublished = numbered
+            else:
+                unpublished = list(await repo.after(conn, tenant_id, published, BATCH, until=newest))
+        if numbered:
+            self.numbered += len(numbered)
+            metrics.EVENTS_NUMBERED.inc(len(numbered))
+        if not unpublished:
+            return False
+        batch = [Published.from_row(row) for row in unpublished]
+        await self.bus.publish(tenant_id, batch)
+        async with self.db.transaction(tenant_id, write=True) as conn:
+            await repo.mark_published(conn, tenant_id, batch[-1].seq)
+        return len(numbered) == BATCH or batch[-1].seq < newest
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            started = time.monotonic()
+            for tenant_id in await self._waiting_tenants():
+                self.notify(tenant_id)
+            await asyncio.sleep(max(0.0, self.sweep_seconds - (time.monotonic() - started)))
+
+    async def _waiting_tenants(self) -> list[str]:
+        """Tenants with events not numbered or not published (a process died before relaying them)."""
+        waiting: list[str] = []
+        try:
+            async with self.db.transaction(None, write=False) as conn:
+                every = list((await conn.execute(select(tenants.c.id))).scalars())
+            for tenant_id in every:
+                async with self.db.transaction(tenant_id, write=False) as conn:
+                    last, published = await repo.relay_state(conn, tenant_id)
+                    if published < last or await repo.has_unnumbered(conn, tenant_id):
+                        waiting.append(tenant_id)
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("event sweep failed", extra={"error": self.last_error})
+        return waiting
+
+    def report(self) -> dict[str, object]:
+        return {"numbered": self.numbered, "relaying": len(self._running), "last_error": self.last_error}

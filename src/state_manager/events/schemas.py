@@ -1,0 +1,84 @@
+"""An event as consumers receive it (WebSocket, Redis, webhooks, `GET /v1/events`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+from sqlalchemy import RowMapping
+
+from state_manager.events.types import EventType
+
+
+class EventRead(BaseModel):
+    seq: int
+    tenant_id: str
+    type: EventType
+    conversation_id: uuid.UUID | None
+    customer_id: uuid.UUID | None
+    message_id: uuid.UUID | None
+    occurred_at: dt.datetime
+    payload: dict[str, Any]
+
+
+class EventPage(BaseModel):
+    events: list[EventRead]
+    head: int  # the tenant's last event number when the page was read
+    next_after: int  # ask again with after=next_after
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """A numbered event with its JSON made once, for every consumer that receives it."""
+
+    tenant_id: str
+    seq: int
+    type: str
+    conversation_id: str | None
+    customer_id: str | None
+    json: bytes
+    frame: str  # as a WebSocket sends it (events/live.py)
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> Published:
+        document = {
+            "seq": row["seq"],
+            "tenant_id": row["tenant_id"],
+            "type": row["type"],
+            "conversation_id": row["conversation_id"],
+            "customer_id": row["customer_id"],
+            "message_id": row["message_id"],
+            "occurred_at": row["occurred_at"],
+            "payload": row["payload"],
+        }
+        conversation_id, customer_id = row["conversation_id"], row["customer_id"]
+        return cls(
+            tenant_id=row["tenant_id"],
+            seq=row["seq"],
+            type=row["type"],
+            conversation_id=None if conversation_id is None else str(conversation_id),
+            customer_id=None if customer_id is None else str(customer_id),
+            json=(json := orjson.dumps(document, option=orjson.OPT_UTC_Z)),
+            frame=_frame(json),
+        )
+
+    @classmethod
+    def from_document(cls, json: bytes) -> Published:
+        document = orjson.loads(json)
+        return cls(
+            tenant_id=document["tenant_id"],
+            seq=document["seq"],
+            type=document["type"],
+            conversation_id=document["conversation_id"],
+            customer_id=document["customer_id"],
+            json=json,
+            frame=_frame(json),
+        )
+
+
+def _frame(json: bytes) -> str:
+    return f'{{"kind":"event","event":{json.decode()}}}'
