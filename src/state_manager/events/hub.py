@@ -152,18 +152,15 @@ class EventHub:
             )
 
     async def _read_missing(self, feed: TenantFeed) -> None:
-        while True:
-            try:
+        try:
+            while True:
                 async with self.db.transaction(feed.tenant_id, write=False) as conn:
                     rows = await repo.after(conn, feed.tenant_id, feed.last_seq, PAGE)
-            except Exception as exc:
-                log.warning(
-                    "cannot read missed events; the next catch-up tries again", extra={"error": str(exc)}
-                )
-                return
-            self._advance(feed, [Published.from_row(row) for row in rows])
-            if len(rows) < PAGE:
-                return
+                self._advance(feed, [Published.from_row(row) for row in rows])
+                if len(rows) < PAGE:
+                    return
+        except Exception as exc:
+            log.warning("cannot read missed events; the next catch-up tries again", extra={"error": str(exc)})
 
     async def _poll_forever(self) -> None:
         while True:

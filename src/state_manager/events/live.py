@@ -6,7 +6,8 @@ Frames sent (text, JSON): `{"kind": "event", "event": {...}}` for each event, in
 whether or not it matched the filters: resume with `after=n`).
 
 Close codes: 4400 bad parameters, 4401 no valid key, 4403 the key may not act for that tenant,
-4408 too slow (its queue of `EVENTS_WS_BACKLOG` events filled; resume with `after=` the last `seq` seen),
+4408 too slow (its queue of `EVENTS_WS_BACKLOG` events filled; resume with `after=` the last `seq` seen;
+a client that reads nothing at all for `CLOSE_WAIT_SECONDS` only sees its connection dropped),
 1012 the server is shutting down.
 """
 
@@ -30,7 +31,9 @@ from state_manager.observability import metrics
 
 TOO_SLOW = 4408
 GOING_AWAY = 1012
-CLOSE_WAIT_SECONDS = 1.0
+# A client too slow may still take the close frame once it reads again; one that does not read within this
+# time has its connection dropped without it.
+CLOSE_WAIT_SECONDS = 5.0
 
 
 def comma_separated(value: object) -> object:

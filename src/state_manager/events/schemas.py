@@ -45,24 +45,28 @@ class Published:
 
     @classmethod
     def from_row(cls, row: RowMapping) -> Published:
+        conversation_id, customer_id, message_id = (
+            None if value is None else str(value)  # asyncpg's UUID is not uuid.UUID to orjson
+            for value in (row["conversation_id"], row["customer_id"], row["message_id"])
+        )
         document = {
             "seq": row["seq"],
             "tenant_id": row["tenant_id"],
             "type": row["type"],
-            "conversation_id": row["conversation_id"],
-            "customer_id": row["customer_id"],
-            "message_id": row["message_id"],
+            "conversation_id": conversation_id,
+            "customer_id": customer_id,
+            "message_id": message_id,
             "occurred_at": row["occurred_at"],
             "payload": row["payload"],
         }
-        conversation_id, customer_id = row["conversation_id"], row["customer_id"]
+        json = orjson.dumps(document, option=orjson.OPT_UTC_Z)
         return cls(
             tenant_id=row["tenant_id"],
             seq=row["seq"],
             type=row["type"],
-            conversation_id=None if conversation_id is None else str(conversation_id),
-            customer_id=None if customer_id is None else str(customer_id),
-            json=(json := orjson.dumps(document, option=orjson.OPT_UTC_Z)),
+            conversation_id=conversation_id,
+            customer_id=customer_id,
+            json=json,
             frame=_frame(json),
         )
 
