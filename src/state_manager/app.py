@@ -32,6 +32,8 @@ from state_manager.observability.logging import configure as configure_logging
 from state_manager.observability.middleware import RequestMiddleware
 from state_manager.queues.consumer import QueueConsumers
 from state_manager.settings import AuthMode, Settings
+from state_manager.subscriptions.dispatcher import WebhookDispatcher
+from state_manager.subscriptions.routes import router as subscriptions_router
 from state_manager.tenants import routes as tenant_routes
 from state_manager.tenants.auth import Authenticator
 from state_manager.webhooks.routes import router as webhooks_router
@@ -46,6 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db = open_database(settings)
         cache = open_lookup_cache(settings)
         events = open_events(settings, db)
+        webhooks = WebhookDispatcher(settings, db)
+        events.relay.on_numbered.append(webhooks.on_numbered)  # deliveries written as events are numbered
         queues = None
         warming: asyncio.Task[None] | None = None
         try:
@@ -60,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             inbound = inbound_recorder(db, cache)
             await events.start()
+            webhooks.start()
             if settings.rabbitmq_url:
                 queues = QueueConsumers(settings, db, cache, auth, inbound)
                 await queues.start()
@@ -70,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 auth=auth,
                 inbound=inbound,
                 events=events,
+                webhooks=webhooks,
                 queues=queues,
             )
             # Objects made at start-up live as long as the process; keeping them out of the
@@ -86,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if queues is not None:
                 await queues.stop()
             await events.close()
+            await webhooks.close()
             await cache.close()
             await db.dispose()
 
@@ -108,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(customers_router)
     app.include_router(context_router)
     app.include_router(events_router)
+    app.include_router(subscriptions_router)
     app.include_router(tenant_routes.own)
     app.include_router(tenant_routes.admin)
     app.include_router(cache_admin.router)

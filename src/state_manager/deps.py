@@ -17,6 +17,7 @@ from state_manager.events.service import EventSystem
 from state_manager.messages.inbound import InboundRecorder
 from state_manager.queues.consumer import QueueConsumers
 from state_manager.settings import Settings
+from state_manager.subscriptions.dispatcher import WebhookDispatcher
 from state_manager.tenants.auth import Authenticator, Principal
 from state_manager.tenants.schemas import KeyKind
 
@@ -31,6 +32,7 @@ class Services:
     auth: Authenticator
     inbound: InboundRecorder
     events: EventSystem
+    webhooks: WebhookDispatcher  # webhook subscriptions: sends deliveries
     queues: QueueConsumers | None  # when RABBITMQ_URL is set
 
 

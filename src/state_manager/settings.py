@@ -86,6 +86,33 @@ class Settings(BaseSettings):
         le=100_000_000,
         description="About how many events each tenant's Redis stream keeps",
     )
+    # Webhook subscriptions (docs/design.md, "Webhook subscriptions"): signed deliveries of events.
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=120, description="How long one delivery attempt may take, connecting included"
+    )
+    webhook_max_attempts: int = Field(
+        default=12, ge=1, le=100, description="Attempts before a delivery is dead (listed, retried by hand)"
+    )
+    webhook_retry_base_seconds: float = Field(
+        default=10.0, gt=0, le=3600, description="Wait after the first failure; doubled after each"
+    )
+    webhook_retry_max_seconds: float = Field(default=3600.0, gt=0, le=86_400, description="Longest wait")
+    webhook_poll_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="How often tenants with pending deliveries are looked at"
+    )
+    webhook_sweep_seconds: float = Field(
+        default=10.0, gt=0, le=3600, description="How often every tenant is checked for pending deliveries"
+    )
+    webhook_concurrency: int = Field(
+        default=16, ge=1, le=1000, description="Deliveries a process sends at the same time"
+    )
+    webhook_refuse_private_addresses: bool = Field(
+        default=False,
+        description="Refuse receivers on loopback, private, link-local or reserved addresses (SSRF guard)",
+    )
+    webhook_keep_delivered_days: float = Field(
+        default=7.0, gt=0, le=3650, description="How long delivered deliveries stay in the delivery log"
+    )
     default_tenant_id: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
     # RabbitMQ, as the existing service names it (the same variables override the same queue names).

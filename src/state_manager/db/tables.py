@@ -6,6 +6,7 @@ from state_manager.customers.models import customer_identities, customers
 from state_manager.events.models import event_relay, events
 from state_manager.messages.models import messages, pending_receipts
 from state_manager.queues.models import broker_outbox
+from state_manager.subscriptions.models import webhook_attempts, webhook_deliveries, webhook_subscriptions
 from state_manager.tenants.models import api_keys, organizations, tenants
 from state_manager.webhooks.models import webhook_events
 
@@ -23,6 +24,9 @@ TENANT_TABLES = (
     broker_outbox,
     events,
     event_relay,
+    webhook_subscriptions,
+    webhook_deliveries,
+    webhook_attempts,
 )
 
 __all__ = [
@@ -41,5 +45,8 @@ __all__ = [
     "pending_receipts",
     "state_changes",
     "tenants",
+    "webhook_attempts",
+    "webhook_deliveries",
     "webhook_events",
+    "webhook_subscriptions",
 ]

@@ -130,6 +130,19 @@ WS_SUBSCRIBERS = Gauge(
 WS_CLOSED = Counter("state_manager_ws_closed_total", "WebSocket subscriptions closed, by reason", ["reason"])
 
 
+# Webhook subscriptions (subscriptions/dispatcher.py).
+WEBHOOK_DELIVERIES = Counter(
+    "state_manager_webhook_deliveries_total",
+    "Webhook delivery attempts by outcome (delivered, retry, dead, lost_lease)",
+    ["outcome"],
+)
+WEBHOOK_ATTEMPT_SECONDS = Histogram(
+    "state_manager_webhook_attempt_seconds",
+    "Time of one webhook delivery attempt, until the receiver answered or the attempt failed",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+
+
 def registry() -> CollectorRegistry:
     """Every worker's metrics when several share PROMETHEUS_MULTIPROC_DIR, else this process's."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
