@@ -1,6 +1,8 @@
 """A WebSocket subscription: replay from the table, then live from the hub, with no gap and no repeat.
 
-Frames sent (text, JSON): `{"kind": "event", "event": {...}}` for each event, in `seq` order;
+Frames sent (text, JSON): `{"kind": "events", "events": [{...}, ...]}`, the events in `seq` order (as many
+as were waiting: under load one frame carries several, which is what lets one process feed many
+subscribers);
 `{"kind": "live", "seq": n}` once the replay has caught up (n: the last number covered);
 `{"kind": "heartbeat", "seq": n}` every `heartbeat` seconds of silence (n: the last number covered,
 whether or not it matched the filters: resume with `after=n`).
@@ -58,6 +60,10 @@ class SubscribeOptions(BaseModel):
 
 def _frame(kind: str, seq: int) -> str:
     return orjson.dumps({"kind": kind, "seq": seq}).decode()
+
+
+def _events_frame(events: list[Published]) -> str:
+    return '{"kind":"events","events":[' + ",".join(event.text for event in events) + "]}"
 
 
 class LiveSubscription:
@@ -139,16 +145,21 @@ class LiveSubscription:
         queue = self.subscription.queue
         while True:
             try:
-                event = await asyncio.wait_for(queue.get(), self.options.heartbeat)
+                first = await asyncio.wait_for(queue.get(), self.options.heartbeat)
             except TimeoutError:
                 self.covered = max(self.covered, feed.last_seq)
                 await self.websocket.send_text(_frame("heartbeat", self.covered))
                 continue
-            if event.seq <= self.covered:
-                continue
-            await self.websocket.send_text(event.frame)
-            metrics.EVENTS_SENT.labels("live").inc()
-            self.covered = event.seq
+            waiting = [first]
+            while not queue.empty():
+                waiting.append(queue.get_nowait())
+            await self._send_events([event for event in waiting if event.seq > self.covered], "live")
+
+    async def _send_events(self, events: list[Published], phase: str) -> None:
+        if events:
+            await self.websocket.send_text(_events_frame(events))
+            metrics.EVENTS_SENT.labels(phase).inc(len(events))
+            self.covered = events[-1].seq
 
     async def _replay(self, feed: TenantFeed) -> None:
         """Sends the matching events after `covered` from the table until it reaches what the feed has
@@ -167,7 +178,6 @@ class LiveSubscription:
                     conversation_id=options.conversation_id,
                     customer_id=options.customer_id,
                 )
-            for row in rows:
-                await self.websocket.send_text(Published.from_row(row).frame)
-                metrics.EVENTS_SENT.labels("replay").inc()
-            self.covered = rows[-1]["seq"] if len(rows) == PAGE else target
+            await self._send_events([Published.from_row(row) for row in rows], "replay")
+            if len(rows) < PAGE:
+                self.covered = target

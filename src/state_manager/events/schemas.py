@@ -41,7 +41,7 @@ class Published:
     conversation_id: str | None
     customer_id: str | None
     json: bytes
-    frame: str  # as a WebSocket sends it (events/live.py)
+    text: str  # the same JSON as text, as a WebSocket frame carries it (events/live.py)
 
     @classmethod
     def from_row(cls, row: RowMapping) -> Published:
@@ -67,7 +67,7 @@ class Published:
             conversation_id=conversation_id,
             customer_id=customer_id,
             json=json,
-            frame=_frame(json),
+            text=json.decode(),
         )
 
     @classmethod
@@ -80,9 +80,5 @@ class Published:
             conversation_id=document["conversation_id"],
             customer_id=document["customer_id"],
             json=json,
-            frame=_frame(json),
+            text=json.decode(),
         )
-
-
-def _frame(json: bytes) -> str:
-    return f'{{"kind":"event","event":{json.decode()}}}'
