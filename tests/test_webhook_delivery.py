@@ -115,8 +115,8 @@ def client(tenant_client: Callable[[], tuple[Tenant, httpx.Client]]) -> httpx.Cl
 def receivers() -> Iterator[Callable[..., Receiver]]:
     made: list[Receiver] = []
 
-    def make(fail_first: int = 0, *, failing: bool = False) -> Receiver:
-        receiver = Receiver(fail_first, failing=failing)
+    def make(fail_first: int = 0, *, failing: bool = False, answer: bytes = b"ok") -> Receiver:
+        receiver = Receiver(fail_first, failing=failing, answer=answer)
         made.append(receiver)
         return receiver
 
@@ -316,3 +316,14 @@ def test_another_tenants_subscription_never_gets_this_tenants_events(
     delivery_id = deliveries(mine)[0]["id"]
     assert theirs.get(f"/v1/webhooks/deliveries/{delivery_id}").status_code == 404
     assert theirs.post(f"/v1/webhooks/deliveries/{delivery_id}/retry").status_code == 404
+
+
+def test_an_answer_that_cannot_be_stored_as_text_is_logged_readably(
+    client: httpx.Client, receivers: Callable[..., Receiver]
+) -> None:
+    receiver = receivers(answer=b"ok\x00\xff" + b"x" * 5000)
+    subscribe(client, receiver.url)
+    new_customer(client)
+    (done,) = eventually(lambda: deliveries(client, status="delivered"))
+    (attempt,) = delivery(client, done["id"])["attempt_log"]
+    assert attempt["response_excerpt"] == "ok\ufffd\ufffd" + "x" * 1020

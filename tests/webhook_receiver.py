@@ -1,5 +1,5 @@
 """A webhook receiver for tests: an HTTP server on 127.0.0.1 in a thread, recording every request and
-answering 500 to the first `fail_first` ones (or to all while `failing`), then 200."""
+answering 500 to the first `fail_first` ones (or to all while `failing`), then 200 with `answer`."""
 
 from __future__ import annotations
 
@@ -41,9 +41,10 @@ class Received:
 
 
 class Receiver:
-    def __init__(self, fail_first: int = 0, *, failing: bool = False) -> None:
+    def __init__(self, fail_first: int = 0, *, failing: bool = False, answer: bytes = b"ok") -> None:
         self.fail_first = fail_first
         self.failing = failing
+        self.answer = answer
         self.requests: list[Received] = []
         self._lock = threading.Lock()
         receiver = self
@@ -57,7 +58,7 @@ class Receiver:
                     receiver.requests.append(
                         Received({k.lower(): v for k, v in self.headers.items()}, body, status, time.time())
                     )
-                answer = b'{"error":"not now"}' if failed else b"ok"
+                answer = b'{"error":"not now"}' if failed else receiver.answer
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()

@@ -241,7 +241,7 @@ class WebhookDispatcher:
             error = f"timed out after {self.settings.webhook_timeout_seconds:g} s"
             return Outcome(None, error, None, time.perf_counter() - started)
         except (httpx.HTTPError, OSError) as exc:
-            error = f"{type(exc).__name__}: {exc}"[:ERROR_CHARS]
+            error = _storable(f"{type(exc).__name__}: {exc}")[:ERROR_CHARS]
             return Outcome(None, error, None, time.perf_counter() - started)
         seconds = time.perf_counter() - started
         if 200 <= response.status_code < 300:
@@ -306,4 +306,9 @@ async def _excerpt(response: httpx.Response) -> str | None:
             break
     if not taken:
         return None
-    return taken.decode("utf-8", errors="replace")[:EXCERPT_CHARS]
+    return _storable(taken.decode("utf-8", errors="replace"))[:EXCERPT_CHARS]
+
+
+def _storable(text: str) -> str:
+    """PostgreSQL's text cannot hold NUL: a receiver's answer must not make its attempt unrecordable."""
+    return text.replace("\x00", "\ufffd")
