@@ -32,12 +32,15 @@ log = logging.getLogger("state_manager.events")
 CHANNEL = "sm:events"
 Deliver = Callable[[Sequence[Published]], None]
 
-# ARGV: channel, stream length cap, (seq, event JSON) per event, then the batch as the channel's message.
+# ARGV: channel, stream length cap, the number the batch follows, (seq, event JSON) per event, then the
+# batch as the channel's message. The stream stays in order with no hole: a batch whose predecessor the
+# stream lacks is refused (0), and the relay publishes the missing events first.
 _APPEND = """
 local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local last = 0
 if #top > 0 then last = tonumber(string.match(top[1][1], '^(%d+)')) end
-for i = 3, #ARGV - 1, 2 do
+if last < tonumber(ARGV[3]) then return 0 end
+for i = 4, #ARGV - 1, 2 do
   if tonumber(ARGV[i]) > last then
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], ARGV[i] .. '-1', 'event', ARGV[i + 1])
   end
@@ -58,8 +61,13 @@ class EventBus(abc.ABC):
     async def start(self, deliver: Deliver) -> None: ...
 
     @abc.abstractmethod
-    async def publish(self, tenant_id: str, batch: Sequence[Published]) -> None:
-        """Raises unless every event of the batch reached the bus."""
+    async def publish(self, tenant_id: str, batch: Sequence[Published], *, follows: int) -> bool:
+        """Publishes a batch that follows event number `follows`; False if the bus lacks that one (publish
+        what it lacks first). Raises unless the bus took the batch."""
+
+    @abc.abstractmethod
+    async def published_through(self, tenant_id: str) -> int | None:
+        """The tenant's last event the bus holds durably; None if it holds nothing to catch up on."""
 
     async def close(self) -> None:
         return None
@@ -77,9 +85,13 @@ class InProcessBus(EventBus):
     async def start(self, deliver: Deliver) -> None:
         self._deliver = deliver
 
-    async def publish(self, tenant_id: str, batch: Sequence[Published]) -> None:
+    async def publish(self, tenant_id: str, batch: Sequence[Published], *, follows: int) -> bool:
         if self._deliver is not None:
             self._deliver(batch)
+        return True
+
+    async def published_through(self, tenant_id: str) -> int | None:
+        return None  # a process that died took its hub with it; the others read the table
 
 
 class RedisBus(EventBus):
@@ -101,12 +113,19 @@ class RedisBus(EventBus):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ready.wait(), timeout=2.0)
 
-    async def publish(self, tenant_id: str, batch: Sequence[Published]) -> None:
-        arguments: list[bytes | str | int] = [CHANNEL, self._stream_maxlen]
+    async def publish(self, tenant_id: str, batch: Sequence[Published], *, follows: int) -> bool:
+        arguments: list[bytes | str | int] = [CHANNEL, self._stream_maxlen, follows]
         for event in batch:
             arguments += [str(event.seq), event.json]
         # The channel's message: the events, one JSON document per line (JSON never holds a raw newline).
-        await self._append(keys=[stream_key(tenant_id)], args=[*arguments, b"\n".join(e.json for e in batch)])
+        taken = await self._append(
+            keys=[stream_key(tenant_id)], args=[*arguments, b"\n".join(e.json for e in batch)]
+        )
+        return bool(taken)
+
+    async def published_through(self, tenant_id: str) -> int | None:
+        top = await self._redis.xrevrange(stream_key(tenant_id), count=1)
+        return int(top[0][0].split(b"-", 1)[0]) if top else 0
 
     async def _listen(self, deliver: Deliver, ready: asyncio.Event) -> None:
         delay = 0.1

@@ -44,14 +44,12 @@ events = Table(
     ),
 )
 
-# Per tenant: the last number given, and the last one published to the bus (the relay publishes after
-# its commit; a relay that died in between leaves published_seq behind, and the next one publishes again).
+# Per tenant: the last number given. (How far the bus got, the bus knows: events/bus.py.)
 event_relay = Table(
     "event_relay",
     metadata,
     Column("tenant_id", String(64), nullable=False),
     Column("last_seq", BigInteger, nullable=False),
-    Column("published_seq", BigInteger, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     PrimaryKeyConstraint("tenant_id"),
 )

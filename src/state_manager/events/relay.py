@@ -4,9 +4,10 @@ Any number of instances run one. For each tenant, one relay at a time holds the 
 transaction-scoped advisory lock on PostgreSQL, the write lock on SQLite) and, in that transaction,
 numbers the unnumbered events in the order they were written, from the tenant's last number: the
 numbers of committed events therefore have no gaps and never change. Publishing happens after that
-commit, so nothing is announced that could still roll back; `published_seq` records how far the bus got,
-and whoever holds the lease next publishes again what a crash or a bus outage left behind (the stream
-refuses an entry it holds; subscribers skip a number they have seen).
+commit, so nothing is announced that could still roll back. The bus knows how far it got (the last
+entry of the tenant's Redis stream): after a failed publish, and at every sweep, the relay publishes
+again what a crash or a bus outage left behind, at most the last `REPUBLISH_WINDOW` events (the stream
+refuses an entry it holds; subscribers skip a number they have seen; older events are in the table).
 
 A commit that wrote events wakes the relay of its own process at once (`Database.commit_listeners`);
 every `EVENTS_SWEEP_SECONDS` each relay also looks at every tenant for events a crashed process left.
@@ -34,6 +35,7 @@ from state_manager.tenants.models import tenants
 log = logging.getLogger("state_manager.events")
 
 BATCH = 500
+REPUBLISH_WINDOW = 10_000
 LEASE_WAIT_SECONDS = 5.0
 RETRY_SECONDS = 1.0
 
@@ -49,6 +51,7 @@ class EventRelay:
         self.on_numbered: list[OnNumbered] = []
         self._running: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
+        self._behind: set[str] = set()  # tenants whose numbered events the bus may be missing
         self._sweeper: asyncio.Task[None] | None = None
         self.numbered = 0
         self.last_error: str | None = None
@@ -79,15 +82,12 @@ class EventRelay:
         try:
             while True:
                 self._again.discard(tenant_id)
+                if tenant_id in self._behind:
+                    await self._catch_up_bus(tenant_id)
                 try:
                     more = await self.relay_once(tenant_id)
                 except Exception as exc:
-                    self.last_error = f"{type(exc).__name__}: {exc}"
-                    metrics.EVENT_RELAY_ERRORS.inc()
-                    log.warning(
-                        "events not relayed yet; trying again",
-                        extra={"tenant_id": tenant_id, "error": self.last_error},
-                    )
+                    self._failed("events not numbered yet; trying again", tenant_id, exc)
                     await asyncio.sleep(RETRY_SECONDS)
                     continue
                 if not more and tenant_id not in self._again:
@@ -95,33 +95,60 @@ class EventRelay:
         finally:
             self._running.pop(tenant_id, None)
 
+    def _failed(self, message: str, tenant_id: str, exc: Exception) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        metrics.EVENT_RELAY_ERRORS.inc()
+        log.warning(message, extra={"tenant_id": tenant_id, "error": self.last_error})
+
     async def relay_once(self, tenant_id: str) -> bool:
-        """Numbers a batch of new events, then publishes the oldest numbered events not yet published
-        (numbering goes on while the bus is away: the hubs read numbered events from the table).
-        True if there may be more."""
+        """Numbers a batch of new events, then publishes it; True if there may be more. Numbering goes on
+        while the bus is away: the hubs read numbered events from the table, and the bus is caught up
+        once it is back."""
         async with self.db.transaction(tenant_id, write=True, lock_timeout=LEASE_WAIT_SECONDS) as conn:
             await lock_names(conn, [f"events-relay:{tenant_id}"])
-            last, published = await repo.relay_state(conn, tenant_id)
+            last = await repo.last_numbered(conn, tenant_id)
             numbered = await repo.number_pending(conn, tenant_id, last, BATCH)
             if numbered:
-                await repo.save_relay_state(conn, tenant_id, numbered[-1]["seq"], published)
+                await repo.save_last_numbered(conn, tenant_id, numbered[-1]["seq"])
                 for hook in self.on_numbered:
                     await hook(conn, tenant_id, numbered)
-            newest = numbered[-1]["seq"] if numbered else last
-            if published == last:
-                unpublished = numbered
-            else:
-                unpublished = list(await repo.after(conn, tenant_id, published, BATCH, until=newest))
-        if numbered:
-            self.numbered += len(numbered)
-            metrics.EVENTS_NUMBERED.inc(len(numbered))
-        if not unpublished:
+        if not numbered:
             return False
-        batch = [Published.from_row(row) for row in unpublished]
-        await self.bus.publish(tenant_id, batch)
-        async with self.db.transaction(tenant_id, write=True) as conn:
-            await repo.mark_published(conn, tenant_id, batch[-1].seq)
-        return len(numbered) == BATCH or batch[-1].seq < newest
+        self.numbered += len(numbered)
+        metrics.EVENTS_NUMBERED.inc(len(numbered))
+        if tenant_id not in self._behind:
+            batch = [Published.from_row(row) for row in numbered]
+            try:
+                if not await self.bus.publish(tenant_id, batch, follows=last):
+                    self._behind.add(tenant_id)  # another relay's events are not on the bus yet
+                    return True
+            except Exception as exc:
+                self._behind.add(tenant_id)
+                self._failed("events numbered but not published; the bus is caught up later", tenant_id, exc)
+        return len(numbered) == BATCH
+
+    async def _catch_up_bus(self, tenant_id: str) -> None:
+        try:
+            await self.catch_up_bus(tenant_id)
+        except Exception as exc:
+            self._failed("the bus is still away; events stay in the table", tenant_id, exc)
+
+    async def catch_up_bus(self, tenant_id: str) -> None:
+        """Publishes again the numbered events the bus does not hold (within REPUBLISH_WINDOW)."""
+        through = await self.bus.published_through(tenant_id)
+        while through is not None:
+            async with self.db.transaction(tenant_id, write=False) as conn:
+                last = await repo.last_numbered(conn, tenant_id)
+                start = max(through, last - REPUBLISH_WINDOW)
+                rows = await repo.after(conn, tenant_id, start, BATCH, until=last)
+            if not rows:
+                break
+            if not await self.bus.publish(
+                tenant_id, [Published.from_row(row) for row in rows], follows=through
+            ):
+                return  # the stream went back meanwhile (Redis restarted): the next run starts again
+            through = rows[-1]["seq"]
+        self._behind.discard(tenant_id)
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -131,16 +158,21 @@ class EventRelay:
             await asyncio.sleep(max(0.0, self.sweep_seconds - (time.monotonic() - started)))
 
     async def _waiting_tenants(self) -> list[str]:
-        """Tenants with events not numbered or not published (a process died before relaying them)."""
+        """Tenants with events not numbered, or numbered but not on the bus (a process died between)."""
         waiting: list[str] = []
         try:
             async with self.db.transaction(None, write=False) as conn:
                 every = list((await conn.execute(select(tenants.c.id))).scalars())
             for tenant_id in every:
                 async with self.db.transaction(tenant_id, write=False) as conn:
-                    last, published = await repo.relay_state(conn, tenant_id)
-                    if published < last or await repo.has_unnumbered(conn, tenant_id):
-                        waiting.append(tenant_id)
+                    last = await repo.last_numbered(conn, tenant_id)
+                    unnumbered = await repo.has_unnumbered(conn, tenant_id)
+                with contextlib.suppress(Exception):  # the bus away: numbering goes on regardless
+                    through = await self.bus.published_through(tenant_id)
+                    if through is not None and through < last:
+                        self._behind.add(tenant_id)
+                if unnumbered or tenant_id in self._behind:
+                    waiting.append(tenant_id)
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.warning("event sweep failed", extra={"error": self.last_error})

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import RowMapping, bindparam, func, select, text, update
+from sqlalchemy import RowMapping, bindparam, func, select, text
 from sqlalchemy import insert as sql_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -40,10 +40,10 @@ async def insert(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
     await conn.execute(_INSERT, await numbered(conn, ev.id, rows))
 
 
-async def relay_state(conn: AsyncConnection, tenant_id: str) -> tuple[int, int]:
-    """(last number given, last number published) for the tenant."""
-    row = (await conn.execute(select(er.last_seq, er.published_seq).where(er.tenant_id == tenant_id))).first()
-    return (0, 0) if row is None else (row.last_seq, row.published_seq)
+async def last_numbered(conn: AsyncConnection, tenant_id: str) -> int:
+    """The last number the relay gave to an event of the tenant (0 if none)."""
+    found = (await conn.execute(select(er.last_seq).where(er.tenant_id == tenant_id))).scalar_one_or_none()
+    return 0 if found is None else int(found)
 
 
 async def number_pending(conn: AsyncConnection, tenant_id: str, base: int, limit: int) -> list[RowMapping]:
@@ -52,27 +52,14 @@ async def number_pending(conn: AsyncConnection, tenant_id: str, base: int, limit
     return sorted(result.mappings().all(), key=lambda row: row["seq"])
 
 
-async def save_relay_state(conn: AsyncConnection, tenant_id: str, last_seq: int, published_seq: int) -> None:
+async def save_last_numbered(conn: AsyncConnection, tenant_id: str, last_seq: int) -> None:
     statement = dialect_insert(conn.dialect.name)(event_relay)
     await conn.execute(
         statement.on_conflict_do_update(
             index_elements=["tenant_id"],
             set_={"last_seq": statement.excluded.last_seq, "updated_at": statement.excluded.updated_at},
         ),
-        {
-            "tenant_id": tenant_id,
-            "last_seq": last_seq,
-            "published_seq": published_seq,
-            "updated_at": utcnow(),
-        },
-    )
-
-
-async def mark_published(conn: AsyncConnection, tenant_id: str, published_seq: int) -> None:
-    await conn.execute(
-        update(event_relay)
-        .where(er.tenant_id == tenant_id, er.published_seq < published_seq)
-        .values(published_seq=published_seq, updated_at=utcnow())
+        {"tenant_id": tenant_id, "last_seq": last_seq, "updated_at": utcnow()},
     )
 
 

@@ -276,7 +276,6 @@ def upgrade() -> None:
         "event_relay",
         sa.Column("tenant_id", sa.String(length=64), nullable=False),
         sa.Column("last_seq", sa.BigInteger(), nullable=False),
-        sa.Column("published_seq", sa.BigInteger(), nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("tenant_id", name=op.f("pk_event_relay")),
     )

@@ -1,0 +1,296 @@
+"""Commit → WebSocket delivery: how long an event takes from its transaction to every subscriber.
+
+A writer process records inbound messages for customers that already have an open conversation (each
+request writes one event, `message.recorded`), paced at `--rate` per second; subscriber processes hold
+`--subscribers` WebSockets on `/v1/ws` for the tenant and time every event they receive against the
+event's `occurred_at` (taken in the writing transaction, before its commit, so the figure slightly
+overstates the delay). Every subscriber must receive every event exactly once and in order; the run
+fails otherwise.
+
+    python -m bench.events_ws --start-server --rate 1000 --subscribers 100 --duration 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import multiprocessing
+import os
+import secrets
+import sys
+import tempfile
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import connect
+
+from bench import fixtures, report, server
+from bench.fixtures import Fixture
+from bench.httpclient import JsonClient
+from bench.scenarios import BUSINESS_NUMBER_ID, iso_now
+
+RESULTS_DIR = Path(__file__).parent / "results"
+TARGET_P99_MS = 50.0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.events_ws", description=__doc__.split("\n\n")[0])
+    p.add_argument("--rate", type=float, default=1000.0, help="events per second written")
+    p.add_argument("--subscribers", type=int, default=100)
+    p.add_argument("--subscriber-processes", type=int, default=2)
+    p.add_argument("--duration", type=float, default=20.0, help="measured seconds")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds written before measuring")
+    p.add_argument("--customers", type=int, default=500, help="customers with an open conversation")
+    p.add_argument("--concurrency", type=int, default=64, help="the writer's connections")
+    p.add_argument("--workers", type=int, default=2, help="server worker processes")
+    p.add_argument("--start-server", action="store_true", help="a fresh PostgreSQL database and server")
+    p.add_argument("--url", default="http://127.0.0.1:3005", help="a running server, without --start-server")
+    p.add_argument("--admin-key", default=os.environ.get("BENCH_ADMIN_KEY"))
+    p.add_argument(
+        "--pg-admin-dsn",
+        default=os.environ.get("BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
+    )
+    p.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/1"))
+    p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    return p.parse_args(argv)
+
+
+# --- Subscribers ---------------------------------------------------------------------------------------
+
+
+def _epoch(iso: str) -> float:
+    return dt.datetime.fromisoformat(iso).timestamp()
+
+
+async def _subscribe(
+    url: str, headers: dict[str, str], count: int, measure_from: float, until_seq: Connection, out: Connection
+) -> None:
+    ws_url = url.replace("http://", "ws://") + "/v1/ws"
+    sockets = [
+        await connect(ws_url, additional_headers=headers, max_size=None, open_timeout=30)
+        for _ in range(count)
+    ]
+    for ws in sockets:
+        json.loads(await ws.recv())  # {"kind": "live"}: subscribed from here on
+    out.send("ready")
+    latencies: list[float] = []
+    problems: list[str] = []
+    received = [0] * count
+    last = [0] * count
+    final: int | None = None
+
+    async def read(index: int, ws: Any) -> None:
+        nonlocal final
+        while final is None or last[index] < final:
+            try:
+                frame = orjson.loads(await asyncio.wait_for(ws.recv(), 1.0))
+            except TimeoutError:
+                continue
+            if frame["kind"] != "events":
+                continue
+            now = time.time()
+            for event in frame["events"]:
+                seq = event["seq"]
+                if last[index] and seq != last[index] + 1:
+                    problems.append(f"subscriber {index}: {seq} after {last[index]}")
+                last[index] = seq
+                received[index] += 1
+                sent_at = _epoch(event["occurred_at"])
+                if sent_at >= measure_from:
+                    latencies.append(now - sent_at)
+
+    async def learn_final() -> None:
+        nonlocal final
+        loop = asyncio.get_running_loop()
+        final = await loop.run_in_executor(None, until_seq.recv)
+
+    readers = [asyncio.create_task(read(i, ws)) for i, ws in enumerate(sockets)]
+    await learn_final()
+    _, pending = await asyncio.wait(readers, timeout=60)
+    for task in pending:
+        task.cancel()
+        problems.append("a subscriber did not receive every event within 60 s")
+    for ws in sockets:
+        await ws.close()
+    out.send({"latencies": latencies, "received": received, "last": last, "problems": problems[:20]})
+
+
+def _subscriber_main(
+    url: str, headers: dict[str, str], count: int, measure_from: float, until_seq: Connection, out: Connection
+) -> None:
+    asyncio.run(_subscribe(url, headers, count, measure_from, until_seq, out))
+
+
+# --- Writer --------------------------------------------------------------------------------------------
+
+
+async def _write(url: str, fixture: Fixture, args: argparse.Namespace, run_tag: str) -> dict[str, Any]:
+    client = JsonClient(url, fixture.token, connections=args.concurrency)
+    await client.open()
+    total = int(args.rate * (args.warmup + args.duration))
+    errors = 0
+    slots = asyncio.Semaphore(args.concurrency)
+    started = time.monotonic()
+
+    async def one(i: int) -> None:
+        nonlocal errors
+        body = {
+            "wa_id": fixture.lookup_wa_ids[i % len(fixture.lookup_wa_ids)],
+            "business_number_id": BUSINESS_NUMBER_ID,
+            "wamid": f"wamid.{run_tag}.ev.{i}",
+            "text": "hello",
+            "occurred_at": iso_now(),
+        }
+        try:
+            status, _ = await client.request("POST", "/v1/messages/inbound", body)
+        finally:
+            slots.release()
+        if status != 201:
+            errors += 1
+
+    tasks = []
+    for i in range(total):
+        delay = started + i / args.rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await slots.acquire()
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    elapsed = time.monotonic() - started
+    client.close()
+    return {"written": total, "errors": errors, "seconds": round(elapsed, 2), "per_second": total / elapsed}
+
+
+async def _head(url: str, token: str) -> int:
+    client = JsonClient(url, token, connections=1)
+    try:
+        status, page = await client.request("GET", "/v1/events?limit=1")
+    finally:
+        client.close()
+    if status != 200:
+        raise fixtures.SetupError(f"GET /v1/events: HTTP {status}: {page}")
+    head: int = page["head"]
+    return head
+
+
+# --- The run -------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = dt.datetime.now(dt.UTC)
+    run_tag = f"bench{started:%Y%m%d%H%M%S}{secrets.token_hex(2)}"
+    managed: server.ManagedServer | None = None
+    database: str | None = None
+    try:
+        if args.start_server:
+            database = f"bench_{run_tag}"
+            asyncio.run(server.create_database(args.pg_admin_dsn, database))
+            dsn = server.database_dsn(args.pg_admin_dsn, database)
+            managed = server.ManagedServer(
+                port=server.free_port(),
+                workers=args.workers,
+                database_url=server.sqlalchemy_url(dsn),
+                redis_url=None if args.redis_url.lower() == "none" else args.redis_url,
+                extra_env={"LOG_LEVEL": "WARNING", **dict(item.split("=", 1) for item in args.server_env)},
+                log_path=Path(tempfile.gettempdir()) / f"state-manager-{run_tag}.log",
+            )
+            managed.migrate()
+            admin_key = managed.create_admin_key(dsn)
+            managed.start()
+            url = managed.url
+        else:
+            url, admin_key = args.url.rstrip("/"), args.admin_key
+            if not admin_key:
+                raise SystemExit("no admin key: pass --admin-key or set BENCH_ADMIN_KEY")
+        tenant_id, token = asyncio.run(fixtures.create_tenant(url, admin_key, run_tag))
+        fixture = Fixture(tenant_id=tenant_id, token=token)
+        print(f"seeding {args.customers} customers with an open conversation ...", flush=True)
+        asyncio.run(fixtures.seed_conversations(url, fixture, args.customers, run_tag))
+        result = _measure(url, fixture, args, run_tag)
+    finally:
+        if managed is not None:
+            managed.stop()
+        if database is not None:
+            asyncio.run(server.drop_database(args.pg_admin_dsn, database))
+
+    print(json.dumps({k: v for k, v in result.items() if k != "command"}, indent=2))
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    path = args.results_dir / f"events-ws-{started:%Y%m%dT%H%M%SZ}.json"
+    result["command"] = " ".join(["python", "-m", "bench.events_ws", *(argv or sys.argv[1:])])
+    result["machine"] = report.machine_info()
+    result["commit"] = report.git_commit(server.REPO_ROOT)
+    report.write_json(path, result)
+    print(f"results: {path}")
+    return 0 if result["target_met"] else 1
+
+
+def _measure(url: str, fixture: Fixture, args: argparse.Namespace, run_tag: str) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {fixture.token}"}
+    measure_from = time.time() + args.warmup + 2.0  # after the subscribers are in and the warm-up is over
+    context = multiprocessing.get_context("spawn")
+    processes, finals, outs = [], [], []
+    shares = [
+        len(range(n, args.subscribers, args.subscriber_processes)) for n in range(args.subscriber_processes)
+    ]
+    for share in shares:
+        final_reader, final_writer = context.Pipe(duplex=False)
+        out_reader, out_writer = context.Pipe(duplex=False)
+        process = context.Process(
+            target=_subscriber_main, args=(url, headers, share, measure_from, final_reader, out_writer)
+        )
+        process.start()
+        processes.append(process)
+        finals.append(final_writer)
+        outs.append(out_reader)
+    for out in outs:
+        if not out.poll(120) or out.recv() != "ready":
+            raise fixtures.SetupError("the subscribers did not connect")
+    time.sleep(max(0.0, measure_from - args.warmup - time.time()))
+    print(
+        f"writing {args.rate:g} events/s for {args.warmup:g}+{args.duration:g} s "
+        f"to {args.subscribers} subscribers",
+        flush=True,
+    )
+    before = asyncio.run(_head(url, fixture.token))
+    written = asyncio.run(_write(url, fixture, args, run_tag))
+    final = before + written["written"]
+    deadline = time.monotonic() + 30
+    while asyncio.run(_head(url, fixture.token)) < final and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pipe in finals:
+        pipe.send(final)
+    parts = [out.recv() for out in outs]
+    for process in processes:
+        process.join(30)
+    latencies = sorted(ms for part in parts for ms in part["latencies"])
+    received = [count for part in parts for count in part["received"]]
+    problems = [problem for part in parts for problem in part["problems"]]
+    p99 = round(report.percentile(latencies, 99) * 1000, 2) if latencies else None
+    complete = not problems and len(set(received)) == 1 and received[0] == written["written"]
+    return {
+        "rate_per_s": args.rate,
+        "subscribers": args.subscribers,
+        "workers": args.workers,
+        "writer": written,
+        "events_per_subscriber": sorted(set(received)),
+        "deliveries_measured": len(latencies),
+        "latency_ms": {
+            q: round(report.percentile(latencies, p) * 1000, 2) if latencies else None
+            for q, p in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
+        },
+        "every_event_once_in_order": complete,
+        "problems": problems[:20],
+        "target": f"p99 < {TARGET_P99_MS:g} ms",
+        "target_met": complete and p99 is not None and p99 < TARGET_P99_MS and written["errors"] == 0,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
