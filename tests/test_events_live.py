@@ -319,6 +319,8 @@ def test_embedded_default_delivers_live_and_resumes(tmp_path: Path) -> None:
         resumed = Subscriber(server.base_url, headers, after=2)
         assert_exactly_once_in_order(resumed.wait_for_seq(6), [3, 4, 5, 6])
         resumed.stop()
+        assert "api_key=[redacted]" in server.log_text()
+        assert key not in server.log_text()
     finally:
         assert server.stop(), server.log_tail()
 

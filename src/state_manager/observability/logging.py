@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import logging
+import re
 import sys
 from typing import Any
 
@@ -46,8 +47,23 @@ class ConsoleFormatter(logging.Formatter):
         return f"{line} [request_id={request_id}]" if request_id else line
 
 
+_KEY_IN_QUERY = re.compile(r"(api_key=)[^&\s\"']+")
+
+
+class RedactKeysInUrls(logging.Filter):
+    """Browsers can only give a WebSocket its key in the query string (`/v1/ws?api_key=…`), and uvicorn
+    logs each WebSocket's path with its query: the key never reaches the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "api_key=" in message:
+            record.msg, record.args = _KEY_IN_QUERY.sub(r"\1[redacted]", message), ()
+        return True
+
+
 def configure(level: str, fmt: LogFormat) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactKeysInUrls())
     handler.setFormatter(JsonFormatter() if fmt is LogFormat.JSON else ConsoleFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
