@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import RowMapping, select
+from sqlalchemy import RowMapping, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.cache.invalidation import changed, customer_tag, thread_tag
@@ -63,3 +63,20 @@ async def upsert_latest(
     ]
     written = set((await conn.execute(statement, rows)).scalars())
     return {key: value for key, value in values.items() if key in written}
+
+
+async def move_customer_context(
+    conn: AsyncConnection, tenant_id: str, source: uuid.UUID, target: uuid.UUID
+) -> None:
+    """The source customer's context entries join the target's, per key by the same rule as any write
+    (the later one wins, tombstones included)."""
+    moving = await entries(conn, tenant_id, "customer", source)
+    changed(tenant_id, customer_tag(source), customer_tag(target))
+    for row in moving:
+        value = None if row["deleted"] else row["value"]
+        await upsert_latest(conn, tenant_id, "customer", target, {row["key"]: value}, row["updated_at"])
+    await conn.execute(
+        delete(context_entries).where(
+            ce.tenant_id == tenant_id, ce.scope == "customer", ce.scope_id == source
+        )
+    )

@@ -13,6 +13,7 @@ from sqlalchemy import (
     and_,
     case,
     exists,
+    func,
     literal_column,
     or_,
     select,
@@ -125,6 +126,32 @@ async def insert_open(conn: AsyncConnection, tenant_id: str, values: dict[str, A
 async def delete(conn: AsyncConnection, tenant_id: str, conversation_id: uuid.UUID) -> None:
     """Only for a conversation this transaction created and must undo (its state changes go with it)."""
     await conn.execute(conversations.delete().where(c.tenant_id == tenant_id, c.id == conversation_id))
+
+
+async def open_numbers_of_both(
+    conn: AsyncConnection, tenant_id: str, first: uuid.UUID, second: uuid.UUID
+) -> list[str]:
+    """Business numbers on which both customers have an open conversation."""
+    query = (
+        select(c.business_number_id)
+        .where(c.tenant_id == tenant_id, c.customer_id.in_([first, second]), OPEN_FILTER)
+        .group_by(c.business_number_id)
+        .having(func.count() > 1)
+        .order_by(c.business_number_id)
+    )
+    return list((await conn.execute(query)).scalars())
+
+
+async def move_to_customer(
+    conn: AsyncConnection, tenant_id: str, source: uuid.UUID, target: uuid.UUID, at: dt.datetime
+) -> None:
+    """Every conversation of `source` now belongs to `target`."""
+    changed(tenant_id, conversations_tag(source), conversations_tag(target))
+    await conn.execute(
+        update(conversations)
+        .where(c.tenant_id == tenant_id, c.customer_id == source)
+        .values(customer_id=target, version=c.version + 1, updated_at=at)
+    )
 
 
 async def customers_of(

@@ -70,10 +70,26 @@ async def customer_id_by_identity(
     return (await conn.execute(query)).scalar_one_or_none()
 
 
-async def get(conn: AsyncConnection, tenant_id: str, customer_id: uuid.UUID) -> RowMapping | None:
+async def get(
+    conn: AsyncConnection, tenant_id: str, customer_id: uuid.UUID, *, for_update: bool = False
+) -> RowMapping | None:
     query = select(customers).where(customers.c.tenant_id == tenant_id, customers.c.id == customer_id)
+    if for_update:
+        query = query.with_for_update()
     found: RowMapping | None = (await conn.execute(query)).mappings().first()
     return found
+
+
+async def move_identities(
+    conn: AsyncConnection, tenant_id: str, source: uuid.UUID, target: uuid.UUID
+) -> None:
+    customer_changed(tenant_id, source)
+    customer_changed(tenant_id, target)
+    await conn.execute(
+        update(customer_identities)
+        .where(customer_identities.c.tenant_id == tenant_id, customer_identities.c.customer_id == source)
+        .values(customer_id=target)
+    )
 
 
 async def identities_of(

@@ -9,7 +9,13 @@ from fastapi import APIRouter, Header, Query, Response, status
 
 from state_manager.customers import service
 from state_manager.customers.identity import IdentityChannel
-from state_manager.customers.schemas import CustomerCreate, CustomerRead, CustomerUpdate, IdentityIn
+from state_manager.customers.schemas import (
+    CustomerCreate,
+    CustomerMerge,
+    CustomerRead,
+    CustomerUpdate,
+    IdentityIn,
+)
 from state_manager.deps import TenantDep
 from state_manager.etag import etag, expected_version
 from state_manager.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor, encode_cursor
@@ -70,6 +76,26 @@ async def update_customer(
     expected = expected_version(if_match)
     async with scope.write() as conn:
         return _with_etag(response, await service.update(conn, scope.tenant_id, customer_id, body, expected))
+
+
+@router.post(
+    "/{customer_id}/merge",
+    summary="Merge another customer into this one (identities, conversations, context), then remove it",
+    responses={
+        409: {"description": "both have an open conversation on the same business number"},
+        412: {"description": "If-Match names an older version"},
+    },
+)
+async def merge_customer(
+    customer_id: uuid.UUID,
+    body: CustomerMerge,
+    scope: TenantDep,
+    response: Response,
+    if_match: IfMatch = None,
+) -> CustomerRead:
+    expected = expected_version(if_match)
+    async with scope.write() as conn:
+        return _with_etag(response, await service.merge(conn, scope.tenant_id, customer_id, body, expected))
 
 
 @router.post("/{customer_id}/identities", status_code=status.HTTP_201_CREATED)

@@ -48,6 +48,15 @@ class CustomerUpdate(BaseModel):
     attributes: JsonObject | None = None
 
 
+class CustomerMerge(BaseModel):
+    """The customer to merge into this one. Its identities, conversations and context move over; profile
+    fields this one lacks are taken from it (for objects, per key); then it is removed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: uuid.UUID
+
+
 class CustomerRead(BaseModel):
     id: uuid.UUID
     display_name: str | None

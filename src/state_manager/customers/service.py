@@ -12,12 +12,20 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from state_manager.cache import Loaded, LookupCache
 from state_manager.cache.invalidation import customer_tag
 from state_manager.cache.lookups import CUSTOMER_BY_IDENTITY
+from state_manager.context import repository as context_repo
+from state_manager.conversations import repository as conversations_repo
 from state_manager.customers import repository as repo
 from state_manager.customers.identity import IdentityChannel, InvalidIdentity, normalize, phone_from_wa_id
-from state_manager.customers.schemas import CustomerCreate, CustomerRead, CustomerUpdate, IdentityIn
+from state_manager.customers.schemas import (
+    CustomerCreate,
+    CustomerMerge,
+    CustomerRead,
+    CustomerUpdate,
+    IdentityIn,
+)
 from state_manager.db import Database
 from state_manager.db.types import utcnow
-from state_manager.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
+from state_manager.errors import BadRequest, Conflict, NotFound, PreconditionFailed, ValidationFailed
 from state_manager.etag import etag
 from state_manager.events.emit import emit
 from state_manager.events.types import EventType
@@ -131,6 +139,58 @@ async def update(
             {"fields": fields, "version": row["version"]},
             customer_id=customer_id,
         )
+    return await read(conn, tenant_id, customer_id)
+
+
+async def merge(
+    conn: AsyncConnection, tenant_id: str, customer_id: uuid.UUID, data: CustomerMerge, expected: int | None
+) -> CustomerRead:
+    """Merges `data.customer_id` into `customer_id` (CustomerMerge says what moves)."""
+    source_id = data.customer_id
+    if source_id == customer_id:
+        raise BadRequest("a customer cannot be merged into itself")
+    # Both rows locked, in ID order: two merges of the same pair cannot deadlock.
+    rows = {
+        found_id: await repo.get(conn, tenant_id, found_id, for_update=True)
+        for found_id in sorted((customer_id, source_id))
+    }
+    target, source = rows[customer_id], rows[source_id]
+    for found_id, row in rows.items():
+        if row is None:
+            raise NotFound(f"customer {found_id} not found")
+    assert target is not None
+    assert source is not None
+    if expected is not None and target["version"] != expected:
+        raise PreconditionFailed(
+            f"the customer is at version {target['version']}, not {expected}",
+            extra={"current_version": target["version"]},
+        )
+    clashing = await conversations_repo.open_numbers_of_both(conn, tenant_id, customer_id, source_id)
+    if clashing:
+        raise Conflict(
+            "both customers have an open conversation on the same business number; close one first",
+            extra={"business_number_ids": clashing},
+        )
+    now = utcnow()
+    await repo.move_identities(conn, tenant_id, source_id, customer_id)
+    await conversations_repo.move_to_customer(conn, tenant_id, source_id, customer_id, now)
+    await context_repo.move_customer_context(conn, tenant_id, source_id, customer_id)
+    values: dict[str, Any] = {
+        field: source[field] for field in ("display_name", "language") if target[field] is None
+    }
+    for field in ("preferences", "consent", "attributes"):
+        if source[field]:
+            values[field] = {**source[field], **target[field]}
+    row = await repo.update_versioned(conn, tenant_id, customer_id, values, expected_version=None, at=now)
+    assert row is not None  # locked above
+    await repo.delete_customer(conn, tenant_id, source_id)
+    emit(
+        conn,
+        tenant_id,
+        EventType.CUSTOMER_MERGED,
+        {"merged_customer_id": str(source_id), "version": row["version"]},
+        customer_id=customer_id,
+    )
     return await read(conn, tenant_id, customer_id)
 
 
