@@ -106,3 +106,29 @@ async def scenario(database_url: str, plan: list[Step]) -> None:
 @given(plan=steps)
 def test_every_subscriber_gets_every_event_once_in_order(database_url: str, plan: list[Step]) -> None:
     asyncio.run(scenario(database_url, plan))
+
+
+def test_a_feed_lives_while_a_subscriber_is_still_replaying(database_url: str) -> None:
+    async def scenario() -> None:
+        db = SqliteDatabase(Settings(database_url=database_url))
+        hub = EventHub(db, catch_up_seconds=3600)
+        tenant_id = f"t-{uuid.uuid4().hex[:12]}"
+        try:
+            live = await hub.feed(tenant_id)
+            replaying = await hub.feed(tenant_id)  # a second subscriber, not attached yet
+            leaving = Subscription(tenant_id, types=frozenset(), conversation_id=None, customer_id=None,
+                                   capacity=10)  # fmt: skip
+            hub.attach(live, leaving)
+            hub.release(live, leaving)  # the first one goes while the second still replays
+            staying = Subscription(tenant_id, types=frozenset(), conversation_id=None, customer_id=None,
+                                   capacity=10)  # fmt: skip
+            hub.attach(replaying, staying)
+            numbered: list[Published] = []
+            await number(db, tenant_id, 2, numbered)
+            hub.deliver(numbered)
+            assert [staying.queue.get_nowait().seq for _ in range(staying.queue.qsize())] == [1, 2]
+        finally:
+            await hub.close()
+            await db.dispose()
+
+    asyncio.run(scenario())

@@ -66,6 +66,8 @@ class TenantFeed:
         self.ready = asyncio.Event()
         self.early: list[Published] = []  # arrived while the feed was reading where the table stands
         self.subscriptions: set[Subscription] = set()
+        self.users = 0  # subscribers attached or still replaying: the feed lives while there is one
+        self.starting: asyncio.Future[None] | None = None
         self.filling: asyncio.Task[None] | None = None
 
 
@@ -94,30 +96,40 @@ class EventHub:
         return sum(len(feed.subscriptions) for feed in self._feeds.values())
 
     async def feed(self, tenant_id: str) -> TenantFeed:
-        """The tenant's feed, made (from where the table stands) if this process has none yet."""
+        """The tenant's feed, made (from where the table stands) if this process has none yet; the caller
+        must `release` it."""
         feed = self._feeds.get(tenant_id)
         if feed is None:
             feed = self._feeds[tenant_id] = TenantFeed(tenant_id)
-            try:
-                async with self.db.transaction(tenant_id, write=False) as conn:
-                    feed.last_seq = await repo.head(conn, tenant_id)
-            except BaseException:
-                del self._feeds[tenant_id]
-                feed.ready.set()
-                raise
-            early, feed.early = feed.early, []
-            feed.ready.set()
-            self._advance(feed, early)
-        else:
-            await feed.ready.wait()
+            feed.starting = asyncio.ensure_future(self._start(feed))
+        feed.users += 1
+        try:
+            assert feed.starting is not None
+            await asyncio.shield(feed.starting)
+        except BaseException:
+            feed.users -= 1
+            raise
         return feed
+
+    async def _start(self, feed: TenantFeed) -> None:
+        try:
+            async with self.db.transaction(feed.tenant_id, write=False) as conn:
+                feed.last_seq = await repo.head(conn, feed.tenant_id)
+        except BaseException:
+            if self._feeds.get(feed.tenant_id) is feed:
+                del self._feeds[feed.tenant_id]
+            raise
+        early, feed.early = feed.early, []
+        feed.ready.set()
+        self._advance(feed, early)
 
     def attach(self, feed: TenantFeed, subscription: Subscription) -> None:
         feed.subscriptions.add(subscription)
 
-    def detach(self, feed: TenantFeed, subscription: Subscription) -> None:
+    def release(self, feed: TenantFeed, subscription: Subscription) -> None:
         feed.subscriptions.discard(subscription)
-        if not feed.subscriptions and self._feeds.get(feed.tenant_id) is feed:
+        feed.users -= 1
+        if feed.users == 0 and self._feeds.get(feed.tenant_id) is feed:
             del self._feeds[feed.tenant_id]
             if feed.filling is not None:
                 feed.filling.cancel()

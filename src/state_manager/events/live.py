@@ -120,7 +120,7 @@ class LiveSubscription:
             await self._close(GOING_AWAY, "server shutting down")
             raise
         finally:
-            self.hub.detach(feed, self.subscription)
+            self.hub.release(feed, self.subscription)
             metrics.WS_SUBSCRIBERS.dec()
 
     async def _close(self, code: int, reason: str) -> None:
