@@ -41,10 +41,13 @@ class Received:
 
 
 class Receiver:
-    def __init__(self, fail_first: int = 0, *, failing: bool = False, answer: bytes = b"ok") -> None:
+    def __init__(
+        self, fail_first: int = 0, *, failing: bool = False, answer: bytes = b"ok", delay: float = 0.0
+    ) -> None:
         self.fail_first = fail_first
         self.failing = failing
         self.answer = answer
+        self.delay = delay  # seconds before answering
         self.requests: list[Received] = []
         self._lock = threading.Lock()
         receiver = self
@@ -58,6 +61,7 @@ class Receiver:
                     receiver.requests.append(
                         Received({k.lower(): v for k, v in self.headers.items()}, body, status, time.time())
                     )
+                time.sleep(receiver.delay)
                 answer = b'{"error":"not now"}' if failed else receiver.answer
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(answer)))
@@ -67,7 +71,11 @@ class Receiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # a client that stopped reading (the service reads only the start of an answer)
+
+        self._server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

@@ -8,9 +8,10 @@ while the lease is still this process's. A 2xx is delivered; anything else is re
 backoff and jitter until WEBHOOK_MAX_ATTEMPTS, then the delivery is dead.
 
 It learns of work from the relay's hook (deliveries just written: it claims once the relay's transaction
-has ended, see `_claim`), from retries asked through the API, every WEBHOOK_POLL_SECONDS for the tenants
-it knows to have pending deliveries, and every WEBHOOK_SWEEP_SECONDS from every tenant (deliveries a
-crashed process left, or that another instance's relay wrote).
+has ended, see `_claim`), from its own sends ending and from the API (retries, a subscription made active),
+when a backoff ends, every WEBHOOK_POLL_SECONDS for the tenants it knows to have pending deliveries (a
+lease lost by a crashed process), and every WEBHOOK_SWEEP_SECONDS from every tenant (deliveries another
+instance's relay wrote and did not send).
 """
 
 from __future__ import annotations
@@ -169,12 +170,14 @@ class WebhookDispatcher:
             task.add_done_callback(self._sending.discard)
         if len(claimed) == free:
             self._due[tenant_id] = time.monotonic()  # there may be more: claim again when a slot frees
-        elif pending:
-            self._due[tenant_id] = time.monotonic() + self.settings.webhook_poll_seconds
+        elif pending is not None:
+            self._due[tenant_id] = time.monotonic() + min(pending, self.settings.webhook_poll_seconds)
         else:
             self._due.pop(tenant_id, None)  # nothing left: until an enqueue, a retry or the sweep
 
-    async def _claim(self, tenant_id: str, limit: int) -> tuple[list[dict[str, Any]], bool]:
+    async def _claim(self, tenant_id: str, limit: int) -> tuple[list[dict[str, Any]], float | None]:
+        """The deliveries claimed, and when to look again: in WEBHOOK_POLL_SECONDS at the latest, sooner
+        if a backoff ends before; None when nothing is pending."""
         now = utcnow()
         lease_until = now + dt.timedelta(seconds=self.settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS)
         async with self.db.transaction(tenant_id, write=True) as conn:
@@ -184,10 +187,18 @@ class WebhookDispatcher:
                 self._after_enqueue.discard(tenant_id)
                 await lock_names(conn, [_enqueue_lock(tenant_id)])
             claimed = await repo.claim(conn, tenant_id, now=now, lease_until=lease_until, limit=limit)
-            pending = bool(claimed) or await repo.has_pending(conn, tenant_id)
+            # What is pending but was not claimed waits for a backoff to end, or for something this
+            # process is told of (a send ending, a subscription reactivated) or polls for (a lost lease).
+            retry_at = await repo.next_retry_at(conn, tenant_id, now)
+            pending = bool(claimed) or retry_at is not None or await repo.has_pending(conn, tenant_id)
         for item in claimed:
             item["lease_until"] = lease_until
-        return claimed, pending
+        if not pending:
+            return claimed, None
+        wait = self.settings.webhook_poll_seconds
+        if retry_at is not None:
+            wait = min(wait, max(0.0, (retry_at - now).total_seconds()))
+        return claimed, wait
 
     async def _sweep(self, *, prune: bool) -> None:
         async with self.db.transaction(None, write=False) as conn:

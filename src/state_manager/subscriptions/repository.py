@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import RowMapping, and_, delete, exists, insert, or_, select, update
+from sqlalchemy import RowMapping, and_, delete, exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.subscriptions.models import webhook_attempts, webhook_deliveries, webhook_subscriptions
@@ -157,6 +157,15 @@ async def claim(
             row["attempts"] += 1
             row["round_attempts"] += 1
     return rows
+
+
+async def next_retry_at(conn: AsyncConnection, tenant_id: str, now: dt.datetime) -> dt.datetime | None:
+    """When the earliest pending delivery waiting out its backoff is due."""
+    query = select(func.min(d.next_attempt_at)).where(
+        d.tenant_id == tenant_id, d.status == PENDING, d.next_attempt_at > now
+    )
+    found: dt.datetime | None = (await conn.execute(query)).scalar_one_or_none()
+    return found
 
 
 async def has_pending(conn: AsyncConnection, tenant_id: str) -> bool:
