@@ -1,7 +1,10 @@
 """Commit → WebSocket delivery: how long an event takes from its transaction to every subscriber.
 
-A writer process records inbound messages for customers that already have an open conversation (each
-request writes one event, `message.recorded`), paced at `--rate` per second; subscriber processes hold
+A writer makes `--rate` events per second, paced: with `--events-per-write 1`, inbound messages for
+customers that already have an open conversation (each request writes one `message.recorded`); with
+N > 1, batches of N delivery receipts for outbound messages recorded before the run, each moving one
+message to its next status (one `message.status_changed` each, N per transaction, as a WhatsApp status
+webhook does). Subscriber processes hold
 `--subscribers` WebSockets on `/v1/ws` for the tenant and time every event they receive against the
 event's `occurred_at` (taken in the writing transaction, before its commit, so the figure slightly
 overstates the delay). Every subscriber must receive every event exactly once and in order; the run
@@ -35,12 +38,19 @@ from bench.httpclient import JsonClient
 from bench.scenarios import BUSINESS_NUMBER_ID, iso_now
 
 RESULTS_DIR = Path(__file__).parent / "results"
+RECEIPT_ORDER = ("sent", "delivered", "read")
 TARGET_P99_MS = 50.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.events_ws", description=__doc__.split("\n\n")[0])
     p.add_argument("--rate", type=float, default=1000.0, help="events per second written")
+    p.add_argument(
+        "--events-per-write",
+        type=int,
+        default=10,
+        help="1: one inbound message per request; N > 1: N receipts per request (one transaction)",
+    )
     p.add_argument("--subscribers", type=int, default=100)
     p.add_argument("--subscriber-processes", type=int, default=2)
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds")
@@ -130,41 +140,76 @@ def _subscriber_main(
 # --- Writer --------------------------------------------------------------------------------------------
 
 
+def _requests(fixture: Fixture, args: argparse.Namespace, run_tag: str, total: int) -> list[tuple[str, Any]]:
+    """The writes, in order: each makes `events_per_write` events."""
+    per = args.events_per_write
+    if per == 1:
+        return [
+            (
+                "/v1/messages/inbound",
+                {
+                    "wa_id": fixture.lookup_wa_ids[i % len(fixture.lookup_wa_ids)],
+                    "business_number_id": BUSINESS_NUMBER_ID,
+                    "wamid": f"wamid.{run_tag}.ev.{i}",
+                    "text": "hello",
+                    "occurred_at": iso_now(),
+                },
+            )
+            for i in range(total)
+        ]
+    # Receipt k moves message k % M to its next status: the N receipts of one batch name N messages.
+    wamids = fixture.outbound_wamids
+    at = iso_now()
+    return [
+        (
+            "/v1/receipts",
+            {
+                "receipts": [
+                    {"wamid": wamids[k % len(wamids)], "status": RECEIPT_ORDER[k // len(wamids)], "at": at}
+                    for k in range(start, start + per)
+                ]
+            },
+        )
+        for start in range(0, total, per)
+    ]
+
+
 async def _write(url: str, fixture: Fixture, args: argparse.Namespace, run_tag: str) -> dict[str, Any]:
     client = JsonClient(url, fixture.token, connections=args.concurrency)
     await client.open()
-    total = int(args.rate * (args.warmup + args.duration))
+    total = int(args.rate * (args.warmup + args.duration)) // args.events_per_write * args.events_per_write
+    writes = _requests(fixture, args, run_tag, total)
+    per_second = args.rate / args.events_per_write
     errors = 0
     slots = asyncio.Semaphore(args.concurrency)
     started = time.monotonic()
 
-    async def one(i: int) -> None:
+    async def one(path: str, body: Any) -> None:
         nonlocal errors
-        body = {
-            "wa_id": fixture.lookup_wa_ids[i % len(fixture.lookup_wa_ids)],
-            "business_number_id": BUSINESS_NUMBER_ID,
-            "wamid": f"wamid.{run_tag}.ev.{i}",
-            "text": "hello",
-            "occurred_at": iso_now(),
-        }
         try:
-            status, _ = await client.request("POST", "/v1/messages/inbound", body)
+            status, _ = await client.request("POST", path, body)
         finally:
             slots.release()
-        if status != 201:
+        if status not in (200, 201):
             errors += 1
 
     tasks = []
-    for i in range(total):
-        delay = started + i / args.rate - time.monotonic()
+    for i, (path, body) in enumerate(writes):
+        delay = started + i / per_second - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
         await slots.acquire()
-        tasks.append(asyncio.create_task(one(i)))
+        tasks.append(asyncio.create_task(one(path, body)))
     await asyncio.gather(*tasks)
     elapsed = time.monotonic() - started
     client.close()
-    return {"written": total, "errors": errors, "seconds": round(elapsed, 2), "per_second": total / elapsed}
+    return {
+        "events": total,
+        "writes": len(writes),
+        "errors": errors,
+        "seconds": round(elapsed, 2),
+        "events_per_second": round(total / elapsed, 1),
+    }
 
 
 async def _head(url: str, token: str) -> int:
@@ -213,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
         fixture = Fixture(tenant_id=tenant_id, token=token)
         print(f"seeding {args.customers} customers with an open conversation ...", flush=True)
         asyncio.run(fixtures.seed_conversations(url, fixture, args.customers, run_tag))
+        if args.events_per_write > 1:
+            events = int(args.rate * (args.warmup + args.duration))
+            messages = -(-events // len(RECEIPT_ORDER))
+            print(f"seeding {messages} outbound messages for the receipts ...", flush=True)
+            asyncio.run(fixtures.seed_outbound(url, fixture, messages, run_tag))
         result = _measure(url, fixture, args, run_tag)
     finally:
         if managed is not None:
@@ -260,7 +310,7 @@ def _measure(url: str, fixture: Fixture, args: argparse.Namespace, run_tag: str)
     )
     before = asyncio.run(_head(url, fixture.token))
     written = asyncio.run(_write(url, fixture, args, run_tag))
-    final = before + written["written"]
+    final = before + written["events"]
     deadline = time.monotonic() + 30
     while asyncio.run(_head(url, fixture.token)) < final and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -273,9 +323,10 @@ def _measure(url: str, fixture: Fixture, args: argparse.Namespace, run_tag: str)
     received = [count for part in parts for count in part["received"]]
     problems = [problem for part in parts for problem in part["problems"]]
     p99 = round(report.percentile(latencies, 99) * 1000, 2) if latencies else None
-    complete = not problems and len(set(received)) == 1 and received[0] == written["written"]
+    complete = not problems and len(set(received)) == 1 and received[0] == written["events"]
     return {
         "rate_per_s": args.rate,
+        "events_per_write": args.events_per_write,
         "subscribers": args.subscribers,
         "workers": args.workers,
         "writer": written,

@@ -175,7 +175,9 @@ def test_a_client_that_drops_and_resumes_gets_what_it_missed(
     assert_exactly_once_in_order(events, list(range(start + 13, start + 37)))
     replay_end = next(i for i, f in enumerate(resumed.frames) if f["kind"] == "live")
     replayed = [e["seq"] for f in resumed.frames[:replay_end] for e in f["events"]]
-    assert replayed[:18] == list(range(start + 13, start + 31)), "the missed events come first"
+    # The missed events come first, from the table (up to what the instance had handed out live).
+    assert replayed
+    assert replayed == list(range(start + 13, start + 13 + len(replayed)))
     resumed.stop()
 
 

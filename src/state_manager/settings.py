@@ -80,6 +80,9 @@ class Settings(BaseSettings):
         default=1000, ge=1, le=1_000_000, description="Events a WebSocket may fall behind before it is closed"
     )
     events_publish_timeout_seconds: float = Field(default=1.0, gt=0, le=60)
+    ws_compression: bool = Field(
+        default=False, description="permessage-deflate on WebSockets (saves bandwidth, costs CPU per frame)"
+    )
     events_stream_maxlen: int = Field(
         default=100_000,
         ge=1,

@@ -79,6 +79,9 @@ def serve(
             log_config=log_config(settings),
             log_level=settings.log_level.lower(),
             server_header=False,
+            # Compressing each frame for each subscriber cost more than everything else the event
+            # fan-out does (docs/benchmarks.md, "Events"); the clients are services on the same network.
+            ws_per_message_deflate=settings.ws_compression,
         )
     finally:
         if metrics_dir is not None:

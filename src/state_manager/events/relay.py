@@ -25,9 +25,9 @@ from sqlalchemy import RowMapping, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.db import Database
-from state_manager.db.locks import lock_names
 from state_manager.events import repository as repo
 from state_manager.events.bus import EventBus
+from state_manager.events.numbering import numberer_for
 from state_manager.events.schemas import Published
 from state_manager.observability import metrics
 from state_manager.tenants.models import tenants
@@ -38,6 +38,9 @@ BATCH = 500
 REPUBLISH_WINDOW = 10_000
 LEASE_WAIT_SECONDS = 5.0
 RETRY_SECONDS = 1.0
+GATHER_SECONDS = 0.005
+PUBLISH_WAIT_SECONDS = 0.02
+PUBLISH_RETRY_SECONDS = 0.002
 
 # Work done inside the numbering transaction, with the events just numbered (webhook deliveries).
 OnNumbered = Callable[[AsyncConnection, str, Sequence[RowMapping]], Awaitable[None]]
@@ -48,10 +51,12 @@ class EventRelay:
         self.db = db
         self.bus = bus
         self.sweep_seconds = sweep_seconds
+        self.numberer = numberer_for(db)
         self.on_numbered: list[OnNumbered] = []
         self._running: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._behind: set[str] = set()  # tenants whose numbered events the bus may be missing
+        self._numbered_at_sweep: dict[str, int] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self.numbered = 0
         self.last_error: str | None = None
@@ -81,6 +86,9 @@ class EventRelay:
     async def _work(self, tenant_id: str) -> None:
         try:
             while True:
+                # Commits that land meanwhile are numbered in the same run: under load one run serves
+                # many commits instead of one each.
+                await asyncio.sleep(GATHER_SECONDS)
                 self._again.discard(tenant_id)
                 if tenant_id in self._behind:
                     await self._catch_up_bus(tenant_id)
@@ -105,27 +113,35 @@ class EventRelay:
         while the bus is away: the hubs read numbered events from the table, and the bus is caught up
         once it is back."""
         async with self.db.transaction(tenant_id, write=True, lock_timeout=LEASE_WAIT_SECONDS) as conn:
-            await lock_names(conn, [f"events-relay:{tenant_id}"])
-            last = await repo.last_numbered(conn, tenant_id)
-            numbered = await repo.number_pending(conn, tenant_id, last, BATCH)
-            if numbered:
-                await repo.save_last_numbered(conn, tenant_id, numbered[-1]["seq"])
-                for hook in self.on_numbered:
-                    await hook(conn, tenant_id, numbered)
+            numbered = await self.numberer.number(conn, tenant_id, BATCH)
+            for hook in self.on_numbered if numbered else ():
+                await hook(conn, tenant_id, numbered)
         if not numbered:
             return False
+        last = numbered[0]["seq"] - 1
         self.numbered += len(numbered)
         metrics.EVENTS_NUMBERED.inc(len(numbered))
         if tenant_id not in self._behind:
             batch = [Published.from_row(row) for row in numbered]
             try:
-                if not await self.bus.publish(tenant_id, batch, follows=last):
-                    self._behind.add(tenant_id)  # another relay's events are not on the bus yet
+                if not await self._publish_in_turn(tenant_id, batch, last):
+                    self._behind.add(tenant_id)
                     return True
             except Exception as exc:
                 self._behind.add(tenant_id)
                 self._failed("events numbered but not published; the bus is caught up later", tenant_id, exc)
         return len(numbered) == BATCH
+
+    async def _publish_in_turn(self, tenant_id: str, batch: list[Published], follows: int) -> bool:
+        """Publishes a batch once the bus holds the one before it. Another instance that numbered the
+        events just before these usually publishes them within a few milliseconds: waiting for it is much
+        cheaper than reading them back from the table. False if it has not after PUBLISH_WAIT_SECONDS."""
+        deadline = time.monotonic() + PUBLISH_WAIT_SECONDS
+        while not await self.bus.publish(tenant_id, batch, follows=follows):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(PUBLISH_RETRY_SECONDS)
+        return True
 
     async def _catch_up_bus(self, tenant_id: str) -> None:
         try:
@@ -167,9 +183,12 @@ class EventRelay:
                 async with self.db.transaction(tenant_id, write=False) as conn:
                     last = await repo.last_numbered(conn, tenant_id)
                     unnumbered = await repo.has_unnumbered(conn, tenant_id)
+                # Behind only if the bus still lacks what was numbered by the previous sweep: events
+                # numbered a moment ago are normally being published right now.
+                earlier, self._numbered_at_sweep[tenant_id] = self._numbered_at_sweep.get(tenant_id, 0), last
                 with contextlib.suppress(Exception):  # the bus away: numbering goes on regardless
                     through = await self.bus.published_through(tenant_id)
-                    if through is not None and through < last:
+                    if through is not None and through < earlier:
                         self._behind.add(tenant_id)
                 if unnumbered or tenant_id in self._behind:
                     waiting.append(tenant_id)
