@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import pytest
+
 from .helpers import Tenant, assert_problem, genesys_id, inbound, ok, record_message, wa_id
 
 
 class _Minutes:
-    """T.format(n): n minutes from now (events happen after the conversation was created)."""
+    """T.format(n): n minutes after the test began (its events happen after its conversation was created)."""
 
     def __init__(self) -> None:
         self.start = dt.datetime.now(dt.UTC)
@@ -19,6 +21,13 @@ class _Minutes:
 
 
 T = _Minutes()
+
+
+@pytest.fixture(autouse=True)
+def _minutes_from_now() -> None:
+    # From each test's start, not the session's: a test run more than a minute into the session would
+    # otherwise send events dated before the conversation it just created.
+    T.start = dt.datetime.now(dt.UTC)
 
 
 def event(tenant: Tenant, **body: Any) -> Any:
