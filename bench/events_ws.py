@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import datetime as dt
 import json
 import multiprocessing
@@ -30,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from websockets.asyncio.client import connect
 
 from bench import fixtures, report, server
 from bench.fixtures import Fixture
@@ -78,25 +78,77 @@ def _epoch(iso: str) -> float:
     return dt.datetime.fromisoformat(iso).timestamp()
 
 
+class LeanWebSocket:
+    """Just enough of a WebSocket client for this benchmark: the subscribers share two cores with the
+    server, PostgreSQL and the writer, and the `websockets` client's cost per frame (about as much as the
+    server's) showed up as delay in the figures. Reads unmasked, unfragmented server frames; answers pings;
+    `tests/test_events_live.py` checks the protocol with the real client."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, url: str, headers: dict[str, str]) -> LeanWebSocket:
+        host, _, port = url.removeprefix("http://").partition(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        request = [
+            "GET /v1/ws HTTP/1.1",
+            f"Host: {host}:{port}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}",
+            "Sec-WebSocket-Version: 13",
+            *(f"{name}: {value}" for name, value in headers.items()),
+        ]
+        writer.write(("\r\n".join(request) + "\r\n\r\n").encode())
+        response = await reader.readuntil(b"\r\n\r\n")
+        if not response.startswith(b"HTTP/1.1 101"):
+            raise fixtures.SetupError(f"WebSocket refused: {response[:200]!r}")
+        return cls(reader, writer)
+
+    async def recv(self) -> bytes:
+        """The next text frame's payload (pings are answered on the way)."""
+        while True:
+            head = await self.reader.readexactly(2)
+            opcode, length = head[0] & 0x0F, head[1] & 0x7F
+            if length == 126:
+                length = int.from_bytes(await self.reader.readexactly(2), "big")
+            elif length == 127:
+                length = int.from_bytes(await self.reader.readexactly(8), "big")
+            payload = await self.reader.readexactly(length)
+            if opcode == 0x1:
+                return payload
+            if opcode == 0x8:
+                raise ConnectionError(f"closed by the server: {payload[:2].hex()} {payload[2:]!r}")
+            if opcode == 0x9:  # ping: a pong with the same payload, masked as a client must
+                self._send(0xA, payload)
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        mask = os.urandom(4)
+        masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+        self.writer.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+
+    def close(self) -> None:
+        self._send(0x8, (1000).to_bytes(2, "big"))
+        self.writer.close()
+
+
 async def _subscribe(
     url: str, headers: dict[str, str], count: int, measure_from: float, until_seq: Connection, out: Connection
 ) -> None:
-    ws_url = url.replace("http://", "ws://") + "/v1/ws"
-    sockets = [
-        await connect(ws_url, additional_headers=headers, max_size=None, open_timeout=30)
-        for _ in range(count)
-    ]
+    sockets = [await LeanWebSocket.open(url, headers) for _ in range(count)]
     for ws in sockets:
-        json.loads(await ws.recv())  # {"kind": "live"}: subscribed from here on
+        orjson.loads(await ws.recv())  # {"kind": "live"}: subscribed from here on
     out.send("ready")
     latencies: list[float] = []
+    timeline: list[tuple[float, float]] = []  # (received at, latency) of the first subscriber's events
     problems: list[str] = []
     received = [0] * count
     last = [0] * count
     final: int | None = None
 
-    async def read(index: int, ws: Any) -> None:
-        nonlocal final
+    async def read(index: int, ws: LeanWebSocket) -> None:
         while final is None or last[index] < final:
             try:
                 frame = orjson.loads(await asyncio.wait_for(ws.recv(), 1.0))
@@ -114,6 +166,8 @@ async def _subscribe(
                 sent_at = _epoch(event["occurred_at"])
                 if sent_at >= measure_from:
                     latencies.append(now - sent_at)
+                    if index == 0:
+                        timeline.append((now, now - sent_at))
 
     async def learn_final() -> None:
         nonlocal final
@@ -127,8 +181,16 @@ async def _subscribe(
         task.cancel()
         problems.append("a subscriber did not receive every event within 60 s")
     for ws in sockets:
-        await ws.close()
-    out.send({"latencies": latencies, "received": received, "last": last, "problems": problems[:20]})
+        ws.close()
+    out.send(
+        {
+            "latencies": latencies,
+            "timeline": timeline,
+            "received": received,
+            "last": last,
+            "problems": problems[:20],
+        }
+    )
 
 
 def _subscriber_main(
@@ -323,6 +385,12 @@ def _measure(url: str, fixture: Fixture, args: argparse.Namespace, run_tag: str)
     received = [count for part in parts for count in part["received"]]
     problems = [problem for part in parts for problem in part["problems"]]
     p99 = round(report.percentile(latencies, 99) * 1000, 2) if latencies else None
+    # The first subscriber's worst delay in each second of the run: shows whether delays are steady or
+    # come in bursts.
+    worst: dict[int, float] = {}
+    for at, delay in parts[0]["timeline"]:
+        worst[int(at)] = max(worst.get(int(at), 0.0), delay)
+    per_second = [round(worst[second] * 1000, 1) for second in sorted(worst)]
     complete = not problems and len(set(received)) == 1 and received[0] == written["events"]
     return {
         "rate_per_s": args.rate,
@@ -336,6 +404,7 @@ def _measure(url: str, fixture: Fixture, args: argparse.Namespace, run_tag: str)
             q: round(report.percentile(latencies, p) * 1000, 2) if latencies else None
             for q, p in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
         },
+        "worst_ms_each_second": per_second,
         "every_event_once_in_order": complete,
         "problems": problems[:20],
         "target": f"p99 < {TARGET_P99_MS:g} ms",

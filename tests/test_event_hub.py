@@ -57,9 +57,7 @@ async def number(db: SqliteDatabase, tenant_id: str, count: int, numbered: list[
     ]
     async with db.transaction(tenant_id) as conn:
         await repo.insert(conn, rows)
-        last = await repo.last_numbered(conn, tenant_id)
-        made = await repo.number_pending(conn, tenant_id, last, count)
-        await repo.save_last_numbered(conn, tenant_id, made[-1]["seq"])
+        made = await repo.number_pending(conn, tenant_id, count)
     numbered.extend(Published.from_row(row) for row in made)
 
 

@@ -16,7 +16,7 @@ _LOCK_ALL = text("SELECT pg_advisory_xact_lock(key) FROM unnest(:keys) AS key").
 )
 
 
-def lock_key(name: str) -> int:
+def _lock_key(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
 
 
@@ -28,7 +28,7 @@ async def lock_names(conn: AsyncConnection, names: Iterable[str]) -> None:
     """
     if conn.dialect.name != "postgresql":
         return
-    keys = sorted({lock_key(name) for name in names})
+    keys = sorted({_lock_key(name) for name in names})
     if keys:
         await conn.execute(_LOCK_ALL, {"keys": keys})
 
@@ -43,4 +43,4 @@ async def try_lock_name(conn: AsyncConnection, name: str) -> bool:
     """
     if conn.dialect.name != "postgresql":
         return True
-    return bool((await conn.execute(_TRY_LOCK, {"key": lock_key(name)})).scalar_one())
+    return bool((await conn.execute(_TRY_LOCK, {"key": _lock_key(name)})).scalar_one())

@@ -25,9 +25,9 @@ from sqlalchemy import RowMapping, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.db import Database
+from state_manager.db.locks import lock_names
 from state_manager.events import repository as repo
 from state_manager.events.bus import EventBus
-from state_manager.events.numbering import numberer_for
 from state_manager.events.schemas import Published
 from state_manager.observability import metrics
 from state_manager.tenants.models import tenants
@@ -51,7 +51,6 @@ class EventRelay:
         self.db = db
         self.bus = bus
         self.sweep_seconds = sweep_seconds
-        self.numberer = numberer_for(db)
         self.on_numbered: list[OnNumbered] = []
         self._running: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
@@ -113,7 +112,8 @@ class EventRelay:
         while the bus is away: the hubs read numbered events from the table, and the bus is caught up
         once it is back."""
         async with self.db.transaction(tenant_id, write=True, lock_timeout=LEASE_WAIT_SECONDS) as conn:
-            numbered = await self.numberer.number(conn, tenant_id, BATCH)
+            await lock_names(conn, [f"events-relay:{tenant_id}"])
+            numbered = await repo.number_pending(conn, tenant_id, BATCH)
             for hook in self.on_numbered if numbered else ():
                 await hook(conn, tenant_id, numbered)
         if not numbered:

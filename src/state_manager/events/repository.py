@@ -46,10 +46,15 @@ async def last_numbered(conn: AsyncConnection, tenant_id: str) -> int:
     return 0 if found is None else int(found)
 
 
-async def number_pending(conn: AsyncConnection, tenant_id: str, base: int, limit: int) -> list[RowMapping]:
-    """Numbers up to `limit` unnumbered events from `base` + 1, in the order they were written."""
+async def number_pending(conn: AsyncConnection, tenant_id: str, limit: int) -> list[RowMapping]:
+    """Numbers up to `limit` unnumbered events after the tenant's last number, in the order they were
+    written, and records the new last number; returns them in order. The caller holds the relay's lease."""
+    base = await last_numbered(conn, tenant_id)
     result = await conn.execute(_NUMBER, {"tenant_id": tenant_id, "base": base, "limit": limit})
-    return sorted(result.mappings().all(), key=lambda row: row["seq"])
+    numbered = sorted(result.mappings().all(), key=lambda row: row["seq"])
+    if numbered:
+        await save_last_numbered(conn, tenant_id, numbered[-1]["seq"])
+    return numbered
 
 
 async def save_last_numbered(conn: AsyncConnection, tenant_id: str, last_seq: int) -> None:

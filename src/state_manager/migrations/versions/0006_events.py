@@ -24,41 +24,6 @@ depends_on: str | Sequence[str] | None = None
 
 TABLES = ("events", "event_relay")
 
-# The relay's numbering in one round trip (events/numbering.py); the same steps as its general path.
-NUMBER_EVENTS = """
-CREATE OR REPLACE FUNCTION sm_number_events(p_tenant_id text, p_lock_key bigint, p_limit int)
-RETURNS SETOF events
-LANGUAGE plpgsql VOLATILE
-AS $function$
-DECLARE
-    v_last bigint;
-    v_count bigint;
-BEGIN
-    PERFORM pg_advisory_xact_lock(p_lock_key);
-    SELECT last_seq INTO v_last FROM event_relay WHERE tenant_id = p_tenant_id;
-    v_last := coalesce(v_last, 0);
-    RETURN QUERY
-        WITH numbered AS (
-            UPDATE events e SET seq = n.seq
-              FROM (SELECT id, v_last + row_number() OVER (ORDER BY id) AS seq
-                      FROM events
-                     WHERE tenant_id = p_tenant_id AND seq IS NULL
-                     ORDER BY id
-                     LIMIT p_limit) AS n
-             WHERE e.tenant_id = p_tenant_id AND e.id = n.id
-            RETURNING e.*
-        )
-        SELECT * FROM numbered ORDER BY seq;
-    GET DIAGNOSTICS v_count = ROW_COUNT;
-    IF v_count > 0 THEN
-        INSERT INTO event_relay (tenant_id, last_seq, updated_at)
-        VALUES (p_tenant_id, v_last + v_count, now())
-        ON CONFLICT (tenant_id) DO UPDATE SET last_seq = excluded.last_seq, updated_at = excluded.updated_at;
-    END IF;
-END
-$function$
-"""
-
 PROFILE_EVENTS = """
 CREATE OR REPLACE FUNCTION sm_profile_events(
     p_tenant_id text, p_customer uuid, p_created boolean, p_changed boolean, p_profile_name text,
@@ -324,7 +289,6 @@ def upgrade() -> None:
                 " USING (tenant_id = current_setting('app.tenant_id', true))"
                 " WITH CHECK (tenant_id = current_setting('app.tenant_id', true))"
             )
-        op.execute(NUMBER_EVENTS)
         op.execute(PROFILE_EVENTS)
         op.execute(RECORD_INBOUND)
 
@@ -336,7 +300,6 @@ def downgrade() -> None:
         )
         op.execute(previous.RECORD_INBOUND)
         op.execute("DROP FUNCTION sm_profile_events(text, uuid, boolean, boolean, text, bigint, timestamptz)")
-        op.execute("DROP FUNCTION sm_number_events(text, bigint, int)")
     op.drop_table("event_relay")
     op.drop_index("ix_events_unnumbered", table_name="events")
     op.drop_index("ux_events_tenant_id_seq", table_name="events")
