@@ -311,27 +311,37 @@ async def transition(
     await repo.insert_state_change(
         conn, tenant_id, conversation_id, current.value, target.value, request.reason, at
     )
-    ids = {"conversation_id": conversation_id, "customer_id": row["customer_id"]}
     for participant in left:
-        emit(conn, tenant_id, EventType.PARTICIPANT_LEFT, _participant_payload(participant), **ids)
+        _announce_participant(conn, tenant_id, EventType.PARTICIPANT_LEFT, participant, row)
     emit(
         conn,
         tenant_id,
         EventType.CONVERSATION_STATE_CHANGED,
         {"from": current.value, "to": target.value, "reason": request.reason, "version": updated["version"]},
-        **ids,
+        conversation_id=conversation_id,
+        customer_id=row["customer_id"],
     )
     return to_read(updated)
 
 
-def _participant_payload(row: RowMapping) -> dict[str, Any]:
-    return {
-        "participant_id": str(row["id"]),
-        "role": row["role"],
-        "participant_ref": row["participant_ref"],
-        "joined_at": row["joined_at"].isoformat(),
-        "left_at": None if row["left_at"] is None else row["left_at"].isoformat(),
+def _announce_participant(
+    conn: AsyncConnection, tenant_id: str, type: EventType, participant: RowMapping, conversation: RowMapping
+) -> None:
+    payload = {
+        "participant_id": str(participant["id"]),
+        "role": participant["role"],
+        "participant_ref": participant["participant_ref"],
+        "joined_at": participant["joined_at"].isoformat(),
+        "left_at": None if participant["left_at"] is None else participant["left_at"].isoformat(),
     }
+    emit(
+        conn,
+        tenant_id,
+        type,
+        payload,
+        conversation_id=conversation["id"],
+        customer_id=conversation["customer_id"],
+    )
 
 
 async def history(conn: AsyncConnection, tenant_id: str, conversation_id: uuid.UUID) -> list[StateChangeRead]:
@@ -373,14 +383,7 @@ async def add_participant(
     }
     created = await repo.insert_participant(conn, tenant_id, values)
     if created is not None:
-        emit(
-            conn,
-            tenant_id,
-            EventType.PARTICIPANT_JOINED,
-            _participant_payload(created),
-            conversation_id=conversation_id,
-            customer_id=row["customer_id"],
-        )
+        _announce_participant(conn, tenant_id, EventType.PARTICIPANT_JOINED, created, row)
         return ParticipantRead.model_validate(dict(created)), True
     present = await repo.present_participant(
         conn, tenant_id, conversation_id, data.role, data.participant_ref
@@ -399,14 +402,7 @@ async def remove_participant(
     """Marks a participant as left; leaving twice keeps the first leave time."""
     conversation = await require(conn, tenant_id, conversation_id)
     for left in await repo.mark_left(conn, tenant_id, conversation_id, at or utcnow(), participant_id):
-        emit(
-            conn,
-            tenant_id,
-            EventType.PARTICIPANT_LEFT,
-            _participant_payload(left),
-            conversation_id=conversation_id,
-            customer_id=conversation["customer_id"],
-        )
+        _announce_participant(conn, tenant_id, EventType.PARTICIPANT_LEFT, left, conversation)
     row = await repo.get_participant(conn, tenant_id, conversation_id, participant_id)
     if row is None:
         raise NotFound(f"participant {participant_id} not found")
