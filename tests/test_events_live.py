@@ -340,9 +340,17 @@ def test_nothing_is_lost_while_redis_is_away(
     write_through(servers, headers, 4)
     own_redis.stop()
     write_through(servers, headers, 4)  # numbered all the same; the hubs read them from the table
+
+    def events_check(server: ServerProcess) -> Any:
+        ready = httpx.get(f"{server.base_url}/health/ready")
+        assert ready.status_code == 200  # without the bus: degraded, still ready
+        return ready.json()["checks"]["events"]
+
+    eventually(lambda: all(events_check(server)["status"] == "degraded" for server in servers))
     for client in clients:
         assert_exactly_once_in_order(client.wait_for_seq(start + 24), list(range(start + 1, start + 25)))
     own_redis.start()
+    eventually(lambda: all(events_check(server)["status"] == "ok" for server in servers))
     write_through(servers, headers, 2)
     for client in clients:
         assert_exactly_once_in_order(client.wait_for_seq(start + 30), list(range(start + 1, start + 31)))

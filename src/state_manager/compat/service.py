@@ -125,12 +125,11 @@ def legacy_status(state: ConversationState) -> str:
 async def health_report(services: Services) -> tuple[int, dict[str, Any]]:
     """The old `/health` body, from the same checks as `/health/ready`; `rabbitmq.queue_depth` is the
     inbound queue's, as the old service meant it to be."""
-    database, cache, queues = await health.all_checks(services)
+    checks = await health.all_checks(services)
+    database, cache, queues = checks["database"], checks["cache"], checks["queues"]
     if queues.get("depths") and services.queues is not None:
         queues["queue_depth"] = queues["depths"].get(services.queues.topology.consumed[Consumed.INBOUND])
-    status = {"failed": "unhealthy", "degraded": "degraded", "ok": "healthy"}[
-        health.verdict(database, cache, queues)
-    ]
+    status = {"failed": "unhealthy", "degraded": "degraded", "ok": "healthy"}[health.verdict(checks)]
     body = {
         "status": status,
         "timestamp": dt.datetime.now(dt.UTC).isoformat(),

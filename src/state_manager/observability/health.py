@@ -58,35 +58,37 @@ async def cache_check(services: Services) -> dict[str, Any]:
     return report
 
 
-async def all_checks(services: Services) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """The database's, the cache's and the queues' reports, asked at once."""
+async def all_checks(services: Services) -> dict[str, dict[str, Any]]:
+    """The reports of the database, the cache, the queues and the events, asked at once."""
     (_, database), cache, queues = await asyncio.gather(
         run_check("database", services.db.ping), cache_check(services), queues_check(services)
     )
-    return database, cache, queues
+    # The bus away is not the events away: numbering goes on and subscribers are fed from the table.
+    return {"database": database, "cache": cache, "queues": queues, "events": services.events.report()}
 
 
-def verdict(database: dict[str, Any], cache: dict[str, Any], queues: dict[str, Any]) -> str:
-    """ "failed" without the database; "degraded" without the cache or the queues (slower, not wrong)."""
-    if database["status"] != "ok":
+def verdict(checks: dict[str, dict[str, Any]]) -> str:
+    """ "failed" without the database; "degraded" without the cache, the queues or the event bus (slower,
+    not wrong)."""
+    if checks["database"]["status"] != "ok":
         return "failed"
-    if cache["status"] != "ok" or queues["status"] not in ("ok", "not_used"):
+    if any(checks[name]["status"] not in ("ok", "not_used") for name in ("cache", "queues", "events")):
         return "degraded"
     return "ok"
 
 
 @router.get(
     "/health/ready",
-    summary="The database answers (status `degraded` when the cache or the queues do not)",
+    summary="The database answers (status `degraded` when the cache, the queues or the event bus do not)",
     responses={503: {"description": "the database failed; `failed` names it"}},
 )
 async def ready(services: ServicesDep) -> Response:
-    database, cache, queues = await all_checks(services)
-    status = verdict(database, cache, queues)
+    checks = await all_checks(services)
+    status = verdict(checks)
     failed = ["database"] if status == "failed" else []
     body = {
         "status": "unavailable" if failed else status,
-        "checks": {"database": database, "cache": cache, "queues": queues},
+        "checks": checks,
         "failed": failed,
         "time": dt.datetime.now(dt.UTC).isoformat(),
     }
