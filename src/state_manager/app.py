@@ -89,10 +89,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 warming.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await warming
-            if queues is not None:
-                await queues.stop()
+            # The background writers stop before the queue consumers, whose cancelled work could hold
+            # SQLite's write lock for a while.
             await events.close()
             await webhooks.close()
+            if queues is not None:
+                await queues.stop()
             await cache.close()
             await db.dispose()
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -85,28 +86,39 @@ class Database(abc.ABC):
                         await work(conn)
                 finally:
                     del conn.info[_HOOKS]
-        except StateManagerError:
-            raise
-        except IntegrityError:
-            raise
-        except (OperationalError, InterfaceError, OSError, ConnectionError) as exc:
-            raise Unavailable(
-                "the database is unavailable; retry later", headers={"Retry-After": RETRY_AFTER_SECONDS}
-            ) from exc
-        except DBAPIError as exc:
-            if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
-                raise LockTimeout(
-                    "a row this needs stayed locked by other work; retry",
-                    headers={"Retry-After": RETRY_AFTER_SECONDS},
-                ) from exc
-            if exc.connection_invalidated:
-                raise Unavailable(
-                    "the database connection was lost; retry later",
-                    headers={"Retry-After": RETRY_AFTER_SECONDS},
-                ) from exc
-            raise
+        except Exception as exc:
+            # A task cancelled inside a transaction can see SQLAlchemy's rollback fail instead
+            # (PendingRollbackError, seen on SQLite): a loop catching Exception would then miss its
+            # cancellation and never stop (a server that did not shut down).
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from exc
+            meaning = None if isinstance(exc, StateManagerError | IntegrityError) else self._meaning(exc)
+            if meaning is None:
+                raise
+            raise meaning from exc
         for committed_tenant in hooks.committed:
             self.committed(committed_tenant)
+
+    @staticmethod
+    def _meaning(exc: Exception) -> StateManagerError | None:
+        """What a database error means to callers; None for errors that mean nothing special."""
+        if isinstance(exc, OperationalError | InterfaceError | OSError | ConnectionError):
+            return Unavailable(
+                "the database is unavailable; retry later", headers={"Retry-After": RETRY_AFTER_SECONDS}
+            )
+        if isinstance(exc, DBAPIError):
+            if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+                return LockTimeout(
+                    "a row this needs stayed locked by other work; retry",
+                    headers={"Retry-After": RETRY_AFTER_SECONDS},
+                )
+            if exc.connection_invalidated:
+                return Unavailable(
+                    "the database connection was lost; retry later",
+                    headers={"Retry-After": RETRY_AFTER_SECONDS},
+                )
+        return None
 
     async def ping(self) -> float:
         """Round-trip time of `SELECT 1` in seconds."""

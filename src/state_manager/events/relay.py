@@ -39,6 +39,7 @@ REPUBLISH_WINDOW = 10_000
 LEASE_WAIT_SECONDS = 5.0
 RETRY_SECONDS = 1.0
 GATHER_SECONDS = 0.005
+STOP_WAIT_SECONDS = 5.0
 PUBLISH_WAIT_SECONDS = 0.02
 PUBLISH_RETRY_SECONDS = 0.002
 
@@ -57,6 +58,7 @@ class EventRelay:
         self._behind: set[str] = set()  # tenants whose numbered events the bus may be missing
         self._numbered_at_sweep: dict[str, int] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._stopping = False
         self.numbered = 0
         self.last_error: str | None = None
 
@@ -65,8 +67,16 @@ class EventRelay:
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="event-relay-sweep")
 
     async def close(self) -> None:
+        """Lets running batches finish (a task cancelled inside a write transaction can leave SQLite's
+        write lock taken until its busy timeout), then stops."""
+        self._stopping = True
         if self.notify in self.db.commit_listeners:
             self.db.commit_listeners.remove(self.notify)
+        if self._sweeper is not None:
+            self._sweeper.cancel()  # it only reads
+        running = list(self._running.values())
+        if running:
+            await asyncio.wait(running, timeout=STOP_WAIT_SECONDS)
         tasks = [*self._running.values(), *([self._sweeper] if self._sweeper else [])]
         for task in tasks:
             task.cancel()
@@ -76,6 +86,8 @@ class EventRelay:
 
     def notify(self, tenant_id: str) -> None:
         """A commit made events of the tenant visible: relay them now (or once the current run ends)."""
+        if self._stopping:
+            return  # the next instance to start, or another one's sweep, relays them
         if tenant_id in self._running:
             self._again.add(tenant_id)
             return
@@ -84,7 +96,7 @@ class EventRelay:
 
     async def _work(self, tenant_id: str) -> None:
         try:
-            while True:
+            while not self._stopping:
                 # Commits that land meanwhile are numbered in the same run: under load one run serves
                 # many commits instead of one each.
                 await asyncio.sleep(GATHER_SECONDS)
