@@ -34,9 +34,10 @@ PG_ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 START_TIMEOUT_SECONDS = 60.0
-# Longer than SQLite's busy timeout (30 s): twice in about ten full runs a server took longer than 15 s to
-# stop, once with a queue-outbox transaction cancelled mid-way on SQLite (PendingRollbackError in its log).
-# Still a graceful stop if it ends within this; the cause is open (issue 5's closing note).
+# Longer than SQLite's busy timeout (30 s): a task cancelled inside an SQLite write transaction can leave
+# the write lock taken until then, and a server stopping then waits for it (seen twice in about ten full
+# runs before the event relay learnt to finish its batch instead of being cancelled; the queue outbox relay
+# is still cancelled). Still a graceful stop if it ends within this.
 STOP_TIMEOUT_SECONDS = 45.0
 
 # The service's own settings never leak from the developer's environment into a test server.
