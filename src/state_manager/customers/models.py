@@ -27,6 +27,8 @@ customers = Table(
     Column("version", Integer, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # Set by an erasure: the row stays, emptied, so that anonymous counts (analytics) still add up.
+    Column("erased_at", UTCDateTime, nullable=True),
     PrimaryKeyConstraint("tenant_id", "id"),
     ForeignKeyConstraint(["tenant_id"], ["tenants.id"], ondelete="CASCADE"),
     # For listing in time order. Without `id`: with it, a lookup by (tenant_id, id) on a table without

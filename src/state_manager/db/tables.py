@@ -1,9 +1,11 @@
 """Every table, imported once so that the metadata is complete (migrations, checks, tests)."""
 
+from state_manager.audit.models import audit_log
 from state_manager.context.models import context_entries
 from state_manager.conversations.models import conversations, participants, state_changes
 from state_manager.customers.models import customer_identities, customers
 from state_manager.events.models import event_relay, events
+from state_manager.jobs.models import job_leases
 from state_manager.messages.models import messages, pending_receipts
 from state_manager.queues.models import broker_outbox
 from state_manager.subscriptions.models import webhook_attempts, webhook_deliveries, webhook_subscriptions
@@ -27,11 +29,13 @@ TENANT_TABLES = (
     webhook_subscriptions,
     webhook_deliveries,
     webhook_attempts,
+    audit_log,
 )
 
 __all__ = [
     "TENANT_TABLES",
     "api_keys",
+    "audit_log",
     "broker_outbox",
     "context_entries",
     "conversations",
@@ -39,6 +43,7 @@ __all__ = [
     "customers",
     "event_relay",
     "events",
+    "job_leases",
     "messages",
     "organizations",
     "participants",

@@ -58,6 +58,8 @@ messages = Table(
     Column("failure_details", Text, nullable=True),
     Column("status", String(16), Computed(DERIVED_STATUS_SQL, persisted=True)),
     Column("metadata", JSONDoc, nullable=False),
+    # Set when the content (text, media, caption) was removed by retention or an erasure; the rest stays.
+    Column("redacted_at", UTCDateTime, nullable=True),
     PrimaryKeyConstraint("tenant_id", "id"),
     ForeignKeyConstraint(
         ["tenant_id", "conversation_id"], ["conversations.tenant_id", "conversations.id"], ondelete="CASCADE"
