@@ -50,6 +50,8 @@ event_relay = Table(
     metadata,
     Column("tenant_id", String(64), nullable=False),
     Column("last_seq", BigInteger, nullable=False),
+    # Retention removed every event up to this number: a consumer resuming from before it missed some.
+    Column("trimmed_through", BigInteger, nullable=True),
     Column("updated_at", UTCDateTime, nullable=False),
     PrimaryKeyConstraint("tenant_id"),
 )

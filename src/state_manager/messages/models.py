@@ -83,6 +83,14 @@ messages = Table(
     # For listing in time order. Without `id`: with it, a lookup by (tenant_id, id) on a table without
     # statistics could be planned on this index (a scan of the whole tenant) instead of the primary key.
     Index(None, "tenant_id", "conversation_id", "occurred_at"),
+    # What retention has yet to redact, oldest first; redacted history drops out of it.
+    Index(
+        "ix_messages_unredacted",
+        "tenant_id",
+        "occurred_at",
+        postgresql_where=text("redacted_at IS NULL"),
+        sqlite_where=text("redacted_at IS NULL"),
+    ),
 )
 
 pending_receipts = Table(

@@ -1,4 +1,4 @@
-"""durability: redaction and erasure marks, the audit log, scheduled job leases
+"""durability: redaction and erasure marks, trimmed events, the audit log, scheduled job leases
 
 Revision ID: 0008
 Revises: 0007
@@ -22,6 +22,14 @@ def upgrade() -> None:
     # Nullable columns: SQLite adds them in place, PostgreSQL without rewriting the table.
     op.add_column("messages", sa.Column("redacted_at", UTCDateTime(), nullable=True))
     op.add_column("customers", sa.Column("erased_at", UTCDateTime(), nullable=True))
+    op.add_column("event_relay", sa.Column("trimmed_through", sa.BigInteger(), nullable=True))
+    op.create_index(
+        "ix_messages_unredacted",
+        "messages",
+        ["tenant_id", "occurred_at"],
+        postgresql_where=sa.text("redacted_at IS NULL"),
+        sqlite_where=sa.text("redacted_at IS NULL"),
+    )
     op.create_table(
         "audit_log",
         sa.Column("tenant_id", sa.String(length=64), nullable=False),
@@ -70,5 +78,7 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_audit_log_tenant_id_occurred_at"), table_name="audit_log")
     op.drop_table("audit_log")
     # Plain DROP COLUMN on both (SQLite >= 3.35): a batch copy of `messages` fails on its computed column.
+    op.drop_index("ix_messages_unredacted", table_name="messages")
+    op.execute("ALTER TABLE event_relay DROP COLUMN trimmed_through")
     op.execute("ALTER TABLE customers DROP COLUMN erased_at")
     op.execute("ALTER TABLE messages DROP COLUMN redacted_at")
