@@ -116,6 +116,25 @@ class Settings(BaseSettings):
     webhook_keep_delivered_days: float = Field(
         default=7.0, gt=0, le=3650, description="How long delivered deliveries stay in the delivery log"
     )
+    # Scheduled jobs (docs/operations.md, "Scheduled jobs"): one instance at a time runs each, under a lease.
+    jobs_enabled: bool = Field(
+        default=True, description="Run the scheduled jobs (expiry, retention) from this process"
+    )
+    expiry_interval_seconds: float = Field(
+        default=60.0, gt=0, le=86_400, description="How often inactive conversations are expired"
+    )
+    retention_interval_seconds: float = Field(
+        default=3600.0, gt=0, le=7 * 86_400, description="How often each tenant's retention policy is applied"
+    )
+    job_lease_seconds: float = Field(
+        default=120.0,
+        ge=5,
+        le=86_400,
+        description="How long a job's holder may go silent before another instance takes the job over",
+    )
+    archive_dir: Path | None = Field(
+        default=None, description="Where retention writes archive files; unset = DATA_DIR/archives"
+    )
     default_tenant_id: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
     # RabbitMQ, as the existing service names it (the same variables override the same queue names).
@@ -195,6 +214,10 @@ class Settings(BaseSettings):
     @property
     def is_embedded_database(self) -> bool:
         return self.effective_database_url.startswith("sqlite")
+
+    @property
+    def effective_archive_dir(self) -> Path:
+        return self.archive_dir if self.archive_dir is not None else self.data_dir / "archives"
 
     @property
     def admin_key_file(self) -> Path:

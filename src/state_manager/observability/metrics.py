@@ -143,6 +143,16 @@ WEBHOOK_ATTEMPT_SECONDS = Histogram(
 )
 
 
+# Scheduled jobs (jobs/scheduler.py): runs by outcome, and what they changed.
+JOB_RUNS = Counter(
+    "state_manager_job_runs_total", "Scheduled job runs by this process, by outcome", ["job", "outcome"]
+)
+JOB_WORK = Counter(
+    "state_manager_job_changes_total",
+    "What scheduled jobs changed (conversations expired, messages redacted, …)",
+    ["job", "what"],
+)
+
 def registry() -> CollectorRegistry:
     """Every worker's metrics when several share PROMETHEUS_MULTIPROC_DIR, else this process's."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
