@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, literal_column, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from state_manager.cache.invalidation import changed, message_tag, thread_tag
 from state_manager.events.models import events
 from state_manager.events.types import EventType
 from state_manager.messages.models import messages
@@ -41,18 +42,24 @@ async def redact_messages(
     conn: AsyncConnection, tenant_id: str, message_ids: Sequence[uuid.UUID], *, at: dt.datetime
 ) -> int:
     """Clears the content of these messages (those not cleared before) and the text of their
-    `message.recorded` events; returns how many messages it cleared."""
+    `message.recorded` events; returns how many messages it cleared. Run it inside
+    `LookupCache.publishing_changes` so that cached copies of the content go too."""
     if not message_ids:
         return 0
-    cleared = await conn.execute(
-        update(messages)
-        .where(
-            messages.c.tenant_id == tenant_id,
-            messages.c.id.in_(message_ids),
-            messages.c.redacted_at.is_(None),
+    cleared = (
+        await conn.execute(
+            update(messages)
+            .where(
+                messages.c.tenant_id == tenant_id,
+                messages.c.id.in_(message_ids),
+                messages.c.redacted_at.is_(None),
+            )
+            .values(**CONTENT_CLEARED, redacted_at=at, updated_at=at)
+            .returning(messages.c.id, messages.c.conversation_id)
         )
-        .values(**CONTENT_CLEARED, redacted_at=at, updated_at=at)
-    )
+    ).all()
+    for message_id, conversation_id in cleared:  # cached lookups may hold the content
+        changed(tenant_id, message_tag(message_id), thread_tag(conversation_id))
     await conn.execute(
         update(events)
         .where(
@@ -62,4 +69,4 @@ async def redact_messages(
         )
         .values(payload=_PAYLOAD_TEXT_CLEARED[conn.dialect.name])
     )
-    return cleared.rowcount
+    return len(cleared)
