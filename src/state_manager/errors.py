@@ -8,6 +8,8 @@ StateManagerError            500 internal
 ├── NotFound                 404 not-found
 ├── Conflict                 409 conflict
 │   └── InvalidTransition    409 invalid-transition (current state)
+├── Gone                     410 gone
+│   └── EventsTrimmed        410 events-trimmed (how far retention removed events)
 ├── PreconditionFailed       412 precondition-failed (current version)
 ├── PayloadTooLarge          413 payload-too-large
 └── Unavailable              503 unavailable (Retry-After)
@@ -94,6 +96,19 @@ class Conflict(StateManagerError):
 class InvalidTransition(Conflict):
     code = "invalid-transition"
     title = "Invalid state transition"
+
+
+class Gone(StateManagerError):
+    status = 410
+    code = "gone"
+    title = "Gone"
+
+
+class EventsTrimmed(Gone):
+    """Events the caller asked for were removed by retention: resuming would silently skip them."""
+
+    code = "events-trimmed"
+    title = "Events trimmed"
 
 
 class PreconditionFailed(StateManagerError):

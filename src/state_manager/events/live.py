@@ -8,6 +8,7 @@ subscribers);
 whether or not it matched the filters: resume with `after=n`).
 
 Close codes: 4400 bad parameters, 4401 no valid key, 4403 the key may not act for that tenant,
+4410 `after` is before events the tenant's retention policy removed (the reason says where to resume),
 4408 too slow (its queue of `EVENTS_WS_BACKLOG` events filled; resume with `after=` the last `seq` seen;
 a client that reads nothing at all for `CLOSE_WAIT_SECONDS` only sees its connection dropped),
 1012 the server is shutting down.

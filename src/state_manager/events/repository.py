@@ -73,6 +73,12 @@ async def has_unnumbered(conn: AsyncConnection, tenant_id: str) -> bool:
     return (await conn.execute(query)).first() is not None
 
 
+async def trimmed_through(conn: AsyncConnection, tenant_id: str) -> int:
+    """The last number retention removed (0 if none): events up to it are gone."""
+    query = select(er.trimmed_through).where(er.tenant_id == tenant_id)
+    return int((await conn.execute(query)).scalar_one_or_none() or 0)
+
+
 async def head(conn: AsyncConnection, tenant_id: str) -> int:
     """The tenant's last numbered event (0 if none)."""
     query = select(func.coalesce(func.max(ev.seq), 0)).where(ev.tenant_id == tenant_id)

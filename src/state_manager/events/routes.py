@@ -9,7 +9,14 @@ from fastapi import APIRouter, Request, WebSocket
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from state_manager.deps import Services, TenantDep, presented_key
-from state_manager.errors import BadRequest, Forbidden, NotFound, StateManagerError, Unauthorized
+from state_manager.errors import (
+    BadRequest,
+    EventsTrimmed,
+    Forbidden,
+    NotFound,
+    StateManagerError,
+    Unauthorized,
+)
 from state_manager.events import service
 from state_manager.events.live import LiveSubscription, SubscribeOptions, comma_separated
 from state_manager.events.schemas import EventPage
@@ -23,6 +30,7 @@ _CLOSE_CODES: dict[type[StateManagerError], int] = {
     Forbidden: 4403,
     NotFound: 4404,
     BadRequest: 4400,
+    EventsTrimmed: 4410,
 }
 
 
@@ -65,6 +73,9 @@ async def subscribe(websocket: WebSocket) -> None:
             principal, headers.get("x-tenant-id") or query.get("tenant")
         )
         options = SubscribeOptions.model_validate(dict(query))
+        if options.after is not None:
+            async with services.db.transaction(tenant_id, write=False) as conn:
+                await service.refuse_trimmed(conn, tenant_id, options.after)
     except ValidationError as exc:
         await websocket.close(4400, _reason(exc.errors(include_url=False)[0]["loc"], exc.errors()[0]["msg"]))
         return

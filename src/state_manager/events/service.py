@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.db import Database
+from state_manager.errors import EventsTrimmed
 from state_manager.events import repository as repo
 from state_manager.events.bus import EventBus, open_event_bus
 from state_manager.events.hub import EventHub
@@ -49,6 +50,17 @@ def open_events(settings: Settings, db: Database) -> EventSystem:
     )
 
 
+async def refuse_trimmed(conn: AsyncConnection, tenant_id: str, after: int) -> None:
+    """Resuming from before events that retention removed would skip them without a word: refused,
+    saying where the kept events start."""
+    trimmed = await repo.trimmed_through(conn, tenant_id)
+    if after < trimmed:
+        raise EventsTrimmed(
+            f"events up to {trimmed} were removed by retention; resume with after={trimmed}",
+            extra={"trimmed_through": trimmed},
+        )
+
+
 async def page(
     conn: AsyncConnection,
     tenant_id: str,
@@ -59,6 +71,7 @@ async def page(
     conversation_id: uuid.UUID | None,
     customer_id: uuid.UUID | None,
 ) -> EventPage:
+    await refuse_trimmed(conn, tenant_id, after)
     head = await repo.head(conn, tenant_id)
     rows = await repo.after(
         conn,

@@ -124,6 +124,9 @@ class MessageRead(BaseModel):
     metadata: dict[str, Any]
     created_at: dt.datetime
     updated_at: dt.datetime
+    redacted_at: dt.datetime | None = Field(
+        default=None, description="When retention or an erasure removed the content (text, media, metadata)"
+    )
 
 
 class ReceiptError(BaseModel):
