@@ -435,7 +435,9 @@ class Server:
 
 def server_env(workdir: Path, database_url: str, **extra: str) -> dict[str, str]:
     """What every harness server runs with. Keys are checked on every request (no cache), so that a key
-    revoked from the CLI is refused at once."""
+    revoked from the CLI is refused at once. The scheduled jobs are off unless a test turns them on
+    (JOBS_ENABLED=true): tests that age rows run the jobs by hand, and must not race the scheduler."""
+    settings = {"JOBS_ENABLED": "false", **extra}
     return clean_env(
         DATABASE_URL=database_url,
         DATA_DIR=str(workdir / "data"),
@@ -443,7 +445,7 @@ def server_env(workdir: Path, database_url: str, **extra: str) -> dict[str, str]
         LOG_LEVEL="INFO",
         AUTH_MODE="required",
         API_KEY_CACHE_SECONDS="0",
-        **extra,
+        **settings,
     )
 
 

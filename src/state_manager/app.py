@@ -25,6 +25,7 @@ from state_manager.deps import Services
 from state_manager.events.routes import router as events_router
 from state_manager.events.service import open_events
 from state_manager.genesys.routes import router as genesys_router
+from state_manager.jobs.scheduler import JobScheduler
 from state_manager.messages.inbound import inbound_recorder
 from state_manager.messages.routes import router as messages_router
 from state_manager.observability import health
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         cache = open_lookup_cache(settings)
         events = open_events(settings, db)
         webhooks = WebhookDispatcher(settings, db)
+        scheduler = JobScheduler(settings, db, cache)
         events.relay.on_numbered.append(webhooks.on_numbered)  # deliveries written as events are numbered
         queues = None
         warming: asyncio.Task[None] | None = None
@@ -65,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             inbound = inbound_recorder(db, cache)
             await events.start()
             webhooks.start()
+            scheduler.start()
             if settings.rabbitmq_url:
                 queues = QueueConsumers(settings, db, cache, auth, inbound)
                 await queues.start()
@@ -90,7 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await warming
             # The background writers stop before the queue consumers, whose cancelled work could hold
-            # SQLite's write lock for a while.
+            # SQLite's write lock for a while; the jobs first, as their last batch writes events.
+            await scheduler.close()
             await events.close()
             await webhooks.close()
             if queues is not None:

@@ -1,11 +1,11 @@
 """The `state-manager` command: serve, migrate, the directory of organizations, tenants and keys, replay,
-and the cache."""
+the cache, and the scheduled jobs (retention, expiry)."""
 
 from __future__ import annotations
 
 import typer
 
-from state_manager.cli import cache, keys, migrate, replay, serve, tenants
+from state_manager.cli import cache, jobs, keys, migrate, replay, serve, tenants
 
 app = typer.Typer(
     name="state-manager",
@@ -23,5 +23,8 @@ app.add_typer(tenants.tenants)
 app.add_typer(keys.keys)
 app.command("replay")(replay.replay)
 app.add_typer(cache.cache)
+app.add_typer(jobs.retention)
+app.add_typer(jobs.expiry)
+app.add_typer(jobs.jobs)
 
 __all__ = ["app"]

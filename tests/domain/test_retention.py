@@ -1,0 +1,212 @@
+"""Retention: each tenant's policy applied by `state-manager retention run` (the servers' scheduler runs
+the same code): content redacted, raw webhook bodies deleted, closed conversations archived to a file
+that `state-manager restore` brings back, events trimmed from the front of the sequence."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, update
+
+from harness import Api, run_cli
+from owner_db import owner_execute
+from state_manager.audit.models import audit_log
+from state_manager.conversations.models import conversations
+from state_manager.events.models import events
+from state_manager.messages.models import messages
+from state_manager.webhooks.models import webhook_events
+
+from .helpers import Tenant, assert_problem, genesys_id, inbound, ok, record_message, transition, wa_id
+from .test_events import events_of, wait_for_events
+from .test_whatsapp_webhook import payload
+
+UTC = dt.UTC
+DAY = dt.timedelta(days=1)
+POLICY = {"message_content_days": 1, "raw_webhook_days": 2, "closed_conversation_days": 3, "event_days": 4}
+
+
+def set_policy(api: Api, tenant: Tenant, policy: dict[str, Any]) -> None:
+    api.admin("PATCH", f"/v1/admin/tenants/{tenant.id}", json={"settings": {"retention": policy}})
+
+
+def retention(api: Api, *args: str) -> dict[str, Any]:
+    done = api.server.cli("retention", "run", "--json", *args)
+    assert done.returncode == 0, done.stderr
+    found: dict[str, Any] = json.loads(done.stdout)
+    return found
+
+
+def days_ago(days: float) -> dt.datetime:
+    return dt.datetime.now(UTC) - days * DAY
+
+
+class Scene:
+    """One tenant's data, some of it aged past each step of POLICY."""
+
+    def __init__(self, api: Api, tenant: Tenant) -> None:
+        client = tenant.client
+        self.wa = wa_id()
+        first = inbound(client, self.wa, "bn-retention", text="an old secret", status=201)
+        self.conversation = first["conversation_id"]
+        self.old_inbound = first["message_id"]
+        self.old_outbound = record_message(
+            client, self.conversation, text="an old reply", genesys_message_id=genesys_id()
+        )["id"]
+        self.recent = inbound(client, self.wa, "bn-retention", text="still fresh")["message_id"]
+        archived = inbound(client, wa_id(), "bn-retention", text="in a closed conversation", status=201)
+        self.closed, self.closed_message = archived["conversation_id"], archived["message_id"]
+        ok(client.patch(f"/v1/conversations/{self.closed}/context", json={"values": {"topic": "refund"}}))
+        ok(transition(client, self.closed, "closed", "resolved"))
+        ok(client.post("/v1/inbound/whatsapp", json=payload("wa_inbound_text")))  # a raw body, kept fresh
+        ok(client.post("/v1/inbound/whatsapp", json=payload("wa_status_delivered")))  # a raw body, aged
+        self.events = wait_for_events(client, 12)
+
+        m, w, c, e = messages.c, webhook_events.c, conversations.c, events.c
+        mine = m.tenant_id == tenant.id
+        first_seqs = [event["seq"] for event in self.events[:2]]
+        owner_execute(
+            api.server,
+            update(messages)
+            .where(mine, m.id.in_([uuid.UUID(self.old_inbound), uuid.UUID(self.old_outbound)]))
+            .values(occurred_at=days_ago(1.5)),
+            update(messages)
+            .where(mine, m.conversation_id == uuid.UUID(self.closed))
+            .values(occurred_at=days_ago(5)),
+            # Older than raw_webhook_days (2) is not needed: message_content_days (1) is shorter, and
+            # raw bodies hold the same text.
+            update(webhook_events)
+            .where(w.tenant_id == tenant.id, w.id.in_(self._last_webhook(api, tenant)))
+            .values(received_at=days_ago(1.5)),
+            update(conversations)
+            .where(c.tenant_id == tenant.id, c.id == uuid.UUID(self.closed))
+            .values(closed_at=days_ago(4)),
+            # The front of the sequence, and one old event after a young one (it must stay).
+            update(events)
+            .where(e.tenant_id == tenant.id, e.seq.in_([*first_seqs, 5]))
+            .values(occurred_at=days_ago(5)),
+        )
+
+    @staticmethod
+    def _last_webhook(api: Api, tenant: Tenant) -> list[uuid.UUID]:
+        w = webhook_events.c
+        [rows] = owner_execute(
+            api.server,
+            select(w.id).where(w.tenant_id == tenant.id).order_by(w.received_at.desc()).limit(1),
+        )
+        return [row["id"] for row in rows]
+
+
+def raw_bodies(api: Api, tenant: Tenant) -> int:
+    [[row]] = owner_execute(
+        api.server,
+        select(func.count().label("n"))
+        .select_from(webhook_events)
+        .where(webhook_events.c.tenant_id == tenant.id),
+    )
+    return int(row["n"])
+
+
+EXPECTED = {
+    # Two aged in the open conversation, one in the closed one, and Meta's sample message (sent on
+    # 2026-01-01, by its own timestamp).
+    "messages_redacted": 4,
+    "webhook_bodies_deleted": 1,
+    "conversations_archived": 1,
+    "messages_archived": 1,
+    "events_trimmed": 2,
+}
+
+
+def test_each_step_of_the_policy(api: Api, tenant: Tenant, other_tenant: Tenant) -> None:
+    set_policy(api, tenant, POLICY)
+    set_policy(api, other_tenant, POLICY)
+    scene = Scene(api, tenant)
+    untouched = Scene(api, other_tenant)
+    client = tenant.client
+
+    planned = retention(api, "--tenant", tenant.id, "--dry-run")
+    assert planned["dry_run"] is True
+    # A dry run counts every old event (3); the run stops at the first young one in the sequence.
+    assert planned["tenants"] == {tenant.id: {**EXPECTED, "events_trimmed": 3}}
+    assert ok(client.get(f"/v1/messages/{scene.old_inbound}"))["text"] == "an old secret"
+
+    done = retention(api, "--tenant", tenant.id)
+    assert done["tenants"] == {tenant.id: EXPECTED}
+
+    # 1. Content older than a day is gone; the messages, their times and statuses stay.
+    for message_id in (scene.old_inbound, scene.old_outbound):
+        redacted = ok(client.get(f"/v1/messages/{message_id}"))
+        assert redacted["text"] is None
+        assert redacted["redacted_at"] is not None
+    assert ok(client.get(f"/v1/messages/{scene.recent}"))["text"] == "still fresh"
+    [recorded] = [e for e in events_of(client, after=2) if e["message_id"] == scene.old_inbound]
+    assert recorded["payload"]["text"] is None
+
+    # 2. The aged raw body went, the fresh one stayed.
+    assert raw_bodies(api, tenant) == 1
+
+    # 3. The closed conversation left the live tables for an archive file, announced by an event.
+    assert_problem(client.get(f"/v1/conversations/{scene.closed}"), 404)
+    assert_problem(client.get(f"/v1/messages/{scene.closed_message}"), 404)
+    [archive] = list((api.server.data_dir / "archives" / tenant.id).glob("*.smarchive"))
+    [announced] = wait_for_events(client, 1, after=2, types="conversation.archived")
+    assert announced["conversation_id"] == scene.closed
+    assert announced["payload"] == {"archive": archive.name}
+
+    # 4. The two oldest events went; the old one after a young one stayed; resuming before them is refused.
+    remaining = events_of(client, after=2)
+    assert remaining[0]["seq"] == 3
+    assert 5 in [e["seq"] for e in remaining]
+    gone = assert_problem(client.get("/v1/events", params={"after": 0}), 410, "events-trimmed")
+    assert gone["trimmed_through"] == 2
+
+    # The run is in the audit log, and nothing is left to do.
+    [[entry]] = owner_execute(
+        api.server,
+        select(audit_log).where(
+            audit_log.c.tenant_id == tenant.id, audit_log.c.action == "retention.applied"
+        ),
+    )
+    assert entry["actor"].startswith("cli:")
+    assert entry["details"]["changed"] == EXPECTED
+    assert retention(api, "--tenant", tenant.id)["tenants"] == {}
+
+    # The other tenant, under the same policy, was not touched by a run for this one.
+    assert ok(other_tenant.client.get(f"/v1/messages/{untouched.old_inbound}"))["text"] == "an old secret"
+    assert ok(other_tenant.client.get(f"/v1/conversations/{untouched.closed}"))["state"] == "closed"
+    assert raw_bodies(api, other_tenant) == 2
+
+    # The archive brings the conversation back, as it was archived (its content already redacted).
+    restored = api.server.cli("restore", str(archive))
+    assert restored.returncode == 0, restored.stderr
+    back = ok(client.get(f"/v1/conversations/{scene.closed}"))
+    assert (back["state"], back["close_reason"]) == ("closed", "resolved")
+    [message] = ok(client.get(f"/v1/conversations/{scene.closed}/messages"))["items"]
+    assert (message["id"], message["text"]) == (scene.closed_message, None)
+    assert ok(client.get(f"/v1/conversations/{scene.closed}/context"))["values"] == {"topic": "refund"}
+
+
+def test_the_default_policy_keeps_conversations_and_content(api: Api, tenant: Tenant) -> None:
+    """Defaults: content and conversations are kept; raw bodies and events go after 30 days."""
+    scene = Scene(api, tenant)
+    done = retention(api, "--tenant", tenant.id)
+    assert done["tenants"] == {}  # nothing here is 30 days old
+    assert ok(tenant.client.get(f"/v1/messages/{scene.old_inbound}"))["text"] == "an old secret"
+    assert ok(tenant.client.get(f"/v1/conversations/{scene.closed}"))["state"] == "closed"
+
+
+def test_archives_are_written_whole_or_not_at_all(api: Api, tenant: Tenant, tmp_path: Path) -> None:
+    """If the archive cannot be written, nothing is removed from the live tables."""
+    set_policy(api, tenant, {"closed_conversation_days": 3})
+    scene = Scene(api, tenant)
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    env = {**api.server.env, "ARCHIVE_DIR": str(blocked)}
+    done = run_cli("retention", "run", "--tenant", tenant.id, env=env, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "cannot write the archive" in done.stderr
+    assert ok(tenant.client.get(f"/v1/conversations/{scene.closed}"))["state"] == "closed"
