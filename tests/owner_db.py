@@ -13,14 +13,14 @@ from sqlalchemy.pool import NullPool
 from harness import Server, _in_thread
 
 
-def owner_execute(server: Server, *statements: Executable) -> list[list[Any]]:
-    """Runs the statements in one transaction; returns each one's rows (empty for writes)."""
+def owner_execute(server: Server | str, *statements: Executable) -> list[list[Any]]:
+    """Runs the statements in one transaction on the server's database (or this database URL); returns
+    each one's rows (empty for writes)."""
+    url = server if isinstance(server, str) else server.env["DATABASE_URL"]
 
     async def run() -> list[list[Any]]:
         engine = create_async_engine(
-            server.env["DATABASE_URL"],
-            poolclass=NullPool,
-            connect_args={"timeout": 30} if server.backend == "sqlite" else {},
+            url, poolclass=NullPool, connect_args={"timeout": 30} if url.startswith("sqlite") else {}
         )
         try:
             async with engine.begin() as conn:
