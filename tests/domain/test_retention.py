@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select, update
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from harness import Api, run_cli
 from owner_db import owner_execute
@@ -100,6 +104,15 @@ class Scene:
         return [row["id"] for row in rows]
 
 
+def ws_close_code(api: Api, tenant: Tenant, **params: Any) -> tuple[int, str]:
+    query = urllib.parse.urlencode({"api_key": tenant.key, **params})
+    url = f"{api.base_url.replace('http', 'ws', 1)}/v1/ws?{query}"
+    with connect(url, open_timeout=10) as ws, pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=10)
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd.code, closed.value.rcvd.reason
+
+
 def raw_bodies(api: Api, tenant: Tenant) -> int:
     [[row]] = owner_execute(
         api.server,
@@ -163,6 +176,11 @@ def test_each_step_of_the_policy(api: Api, tenant: Tenant, other_tenant: Tenant)
     assert 5 in [e["seq"] for e in remaining]
     gone = assert_problem(client.get("/v1/events", params={"after": 0}), 410, "events-trimmed")
     assert gone["trimmed_through"] == 2
+    assert ws_close_code(api, tenant, after=1) == (
+        4410,
+        "events up to 2 were removed by retention; resume with after=2",
+    )
+    assert ok(client.get("/v1/events", params={"after": 2}))["events"][0]["seq"] == 3
 
     # The run is in the audit log, and nothing is left to do.
     [[entry]] = owner_execute(
