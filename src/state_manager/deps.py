@@ -72,6 +72,14 @@ async def get_admin(principal: PrincipalDep) -> Principal:
 
 AdminDep = Annotated[Principal, Depends(get_admin)]
 
+# Who acts when AUTH_MODE=disabled: no key was checked, so no key can be named in the audit log.
+AUTH_DISABLED_ACTOR = "auth-disabled"
+
+
+def actor_of(principal: Principal) -> str:
+    """What the audit log records as the actor of a request: the ID of the API key it presented."""
+    return principal.key_id or AUTH_DISABLED_ACTOR
+
 
 @dataclass(frozen=True, slots=True)
 class TenantScope:
@@ -80,6 +88,7 @@ class TenantScope:
     tenant_id: str
     db: Database
     cache: LookupCache
+    actor: str  # `actor_of` the request's key, for the audit log
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
@@ -106,7 +115,7 @@ async def get_tenant_scope(request: Request) -> TenantScope:
         presented_key(headers.get("authorization"), headers.get("x-api-key"))
     )
     tenant_id = await services.auth.tenant_for(principal, headers.get("x-tenant-id"))
-    return TenantScope(tenant_id=tenant_id, db=services.db, cache=services.cache)
+    return TenantScope(tenant_id=tenant_id, db=services.db, cache=services.cache, actor=actor_of(principal))
 
 
 TenantDep = Annotated[TenantScope, Depends(get_tenant_scope)]

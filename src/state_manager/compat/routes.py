@@ -30,7 +30,7 @@ from state_manager.compat.schemas import (
     Stats,
     StatusUpdated,
 )
-from state_manager.deps import PrincipalDep, Services, ServicesDep, TenantScope
+from state_manager.deps import PrincipalDep, Services, ServicesDep, TenantScope, actor_of
 from state_manager.errors import BadRequest, StateManagerError, ValidationFailed
 from state_manager.strict_json import StrictJsonRoute, parse_body
 
@@ -102,7 +102,7 @@ async def compat_scope(
         request.headers.get("x-tenant-id"), request.query_params.get("tenantId"), body
     )
     tenant_id = await services.auth.tenant_for(principal, requested)
-    return TenantScope(tenant_id=tenant_id, db=services.db, cache=services.cache)
+    return TenantScope(tenant_id=tenant_id, db=services.db, cache=services.cache, actor=actor_of(principal))
 
 
 CompatScope = Annotated[TenantScope, Depends(compat_scope)]
