@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from state_manager import http_errors, startup
+from state_manager.audit.routes import router as audit_router
 from state_manager.cache import admin as cache_admin
 from state_manager.cache import open_lookup_cache
 from state_manager.cache.warming import warm_at_start
@@ -122,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(context_router)
     app.include_router(events_router)
     app.include_router(subscriptions_router)
+    app.include_router(audit_router)
     app.include_router(tenant_routes.own)
     app.include_router(tenant_routes.admin)
     app.include_router(cache_admin.router)
