@@ -7,7 +7,8 @@ StateManagerError            500 internal
 ├── Forbidden                403 forbidden
 ├── NotFound                 404 not-found
 ├── Conflict                 409 conflict
-│   └── InvalidTransition    409 invalid-transition (current state)
+│   ├── InvalidTransition    409 invalid-transition (current state)
+│   └── Erased               409 erased (the customer was erased)
 ├── Gone                     410 gone
 │   └── EventsTrimmed        410 events-trimmed (how far retention removed events)
 ├── PreconditionFailed       412 precondition-failed (current version)
@@ -96,6 +97,13 @@ class Conflict(StateManagerError):
 class InvalidTransition(Conflict):
     code = "invalid-transition"
     title = "Invalid state transition"
+
+
+class Erased(Conflict):
+    """The customer was erased: its row stays, empty, for anonymous counts, and takes no new data."""
+
+    code = "erased"
+    title = "Customer erased"
 
 
 class Gone(StateManagerError):

@@ -122,8 +122,10 @@ async def open_conversation(
     else:
         assert data.customer_id is not None
         customer_id = data.customer_id
-        if await customers_repo.get(conn, tenant_id, customer_id) is None:
+        customer = await customers_repo.get(conn, tenant_id, customer_id)
+        if customer is None:
             raise NotFound(f"customer {customer_id} not found")
+        customers.refuse_erased(customer)
     row, created = await get_or_create_open(
         conn,
         tenant_id,

@@ -92,6 +92,17 @@ async def move_identities(
     )
 
 
+async def delete_identities(conn: AsyncConnection, tenant_id: str, customer_id: uuid.UUID) -> int:
+    """Every identity of the customer: none of its IDs leads to it any more."""
+    customer_changed(tenant_id, customer_id)
+    result = await conn.execute(
+        customer_identities.delete().where(
+            customer_identities.c.tenant_id == tenant_id, customer_identities.c.customer_id == customer_id
+        )
+    )
+    return result.rowcount
+
+
 async def identities_of(
     conn: AsyncConnection, tenant_id: str, customer_id: uuid.UUID
 ) -> Sequence[RowMapping]:
@@ -158,6 +169,8 @@ async def set_display_name_if_changed(
             .where(
                 customers.c.tenant_id == tenant_id,
                 customers.c.id == customer_id,
+                # An inbound message that found the customer just before its erasure committed.
+                customers.c.erased_at.is_(None),
                 or_(customers.c.display_name.is_(None), customers.c.display_name != name),
             )
             .values(display_name=name, version=customers.c.version + 1, updated_at=at)

@@ -6,14 +6,17 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
+from fastapi.responses import StreamingResponse
 
-from state_manager.customers import service
+from state_manager.customers import erasure, export, service
 from state_manager.customers.identity import IdentityChannel
 from state_manager.customers.schemas import (
     CustomerCreate,
     CustomerMerge,
     CustomerRead,
     CustomerUpdate,
+    ErasureRead,
+    ErasureRequest,
     IdentityIn,
 )
 from state_manager.deps import TenantDep
@@ -78,11 +81,45 @@ async def update_customer(
         return _with_etag(response, await service.update(conn, scope.tenant_id, customer_id, body, expected))
 
 
+@router.get(
+    "/{customer_id}/export",
+    summary="Everything held about the customer, as one JSON document (a download; audited)",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The document described in docs/data-rights.md, streamed",
+            "content": {"application/json": {}},
+        }
+    },
+)
+async def export_customer(customer_id: uuid.UUID, scope: TenantDep) -> StreamingResponse:
+    # Recorded and committed before the first byte leaves (customers/export.py says why).
+    async with scope.write() as conn:
+        await export.record_export(conn, scope.tenant_id, customer_id, actor=scope.actor)
+    return StreamingResponse(
+        export.export_document(scope.db, scope.tenant_id, customer_id),
+        media_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="customer-{customer_id}.json"'},
+    )
+
+
+@router.post(
+    "/{customer_id}/erase",
+    summary="Erase the customer's personal data; anonymous counts stay (audited; twice = once)",
+)
+async def erase_customer(
+    customer_id: uuid.UUID, scope: TenantDep, body: ErasureRequest | None = None
+) -> ErasureRead:
+    reason = body.reason if body is not None else None
+    async with scope.write() as conn:
+        return await erasure.erase(conn, scope.tenant_id, customer_id, actor=scope.actor, reason=reason)
+
+
 @router.post(
     "/{customer_id}/merge",
     summary="Merge another customer into this one (identities, conversations, context), then remove it",
     responses={
-        409: {"description": "both have an open conversation on the same business number"},
+        409: {"description": "both have an open conversation on the same business number, or one is erased"},
         412: {"description": "If-Match names an older version"},
     },
 )

@@ -68,3 +68,38 @@ class CustomerRead(BaseModel):
     version: int
     created_at: dt.datetime
     updated_at: dt.datetime
+    erased_at: dt.datetime | None = Field(
+        default=None, description="Set when the customer was erased: the profile is empty from then on"
+    )
+
+
+class ErasureRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(
+        default=None,
+        max_length=500,
+        description="Why (e.g. the request's ticket); kept in the audit log as written: no personal data",
+    )
+
+
+class ErasureCounts(BaseModel):
+    """What one erasure removed or cleared (none of it personal data)."""
+
+    identities_deleted: int
+    conversations: int  # the customer's, all kept (anonymous counts)
+    conversations_closed: int  # open ones, closed with reason "customer erased"
+    messages_redacted: int  # content cleared; the rows stay
+    context_entries_deleted: int
+    events_cleared: int  # events whose payload held personal data, cleared
+    webhook_bodies_redacted: int  # raw WhatsApp webhooks that also held other customers' items
+    webhook_bodies_deleted: int
+    webhook_deliveries_cleared: int  # copies of cleared events in the webhook delivery log
+    held_receipts_deleted: int
+    queue_outputs_cleared: int  # published RabbitMQ output still kept for deduplication
+
+
+class ErasureRead(BaseModel):
+    customer: CustomerRead
+    already_erased: bool = Field(description="true when an earlier erasure did it; nothing changed now")
+    counts: ErasureCounts | None = Field(description="what this erasure removed; null when already erased")

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from pydantic import TypeAdapter
+from sqlalchemy import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.cache import Loaded, LookupCache
@@ -25,7 +26,7 @@ from state_manager.customers.schemas import (
 )
 from state_manager.db import Database
 from state_manager.db.types import utcnow
-from state_manager.errors import BadRequest, Conflict, NotFound, PreconditionFailed, ValidationFailed
+from state_manager.errors import BadRequest, Conflict, Erased, NotFound, PreconditionFailed, ValidationFailed
 from state_manager.etag import etag
 from state_manager.events.emit import emit
 from state_manager.events.types import EventType
@@ -39,6 +40,15 @@ def normalized(identity: IdentityIn, field: str = "identities") -> tuple[str, st
         raise ValidationFailed(
             str(exc), errors=[{"field": field, "message": str(exc), "type": "invalid_identity"}]
         ) from exc
+
+
+def refuse_erased(row: RowMapping) -> None:
+    """An erased customer takes no new data: its profile stays empty (customers/erasure.py)."""
+    if row["erased_at"] is not None:
+        raise Erased(
+            f"customer {row['id']} was erased",
+            extra={"customer_id": str(row["id"]), "erased_at": row["erased_at"].isoformat()},
+        )
 
 
 async def read(conn: AsyncConnection, tenant_id: str, customer_id: uuid.UUID) -> CustomerRead:
@@ -112,6 +122,7 @@ async def update(
     current = await repo.get(conn, tenant_id, customer_id)
     if current is None:
         raise NotFound(f"customer {customer_id} not found")
+    refuse_erased(current)
     if expected is not None and current["version"] != expected:
         raise PreconditionFailed(
             f"the customer is at version {current['version']}, not {expected}",
@@ -158,6 +169,9 @@ async def merge(
     for found_id, row in rows.items():
         if row is None:
             raise NotFound(f"customer {found_id} not found")
+    for row in rows.values():
+        assert row is not None
+        refuse_erased(row)
     assert target is not None
     assert source is not None
     if expected is not None and target["version"] != expected:
@@ -197,8 +211,10 @@ async def merge(
 async def add_identity(
     conn: AsyncConnection, tenant_id: str, customer_id: uuid.UUID, identity: IdentityIn
 ) -> CustomerRead:
-    if await repo.get(conn, tenant_id, customer_id) is None:
+    row = await repo.get(conn, tenant_id, customer_id)
+    if row is None:
         raise NotFound(f"customer {customer_id} not found")
+    refuse_erased(row)
     channel, external_id = normalized(identity, "external_id")
     if await repo.insert_identity(conn, tenant_id, channel, external_id, customer_id, utcnow()):
         emit(

@@ -25,4 +25,7 @@ class EventType(enum.StrEnum):
     CUSTOMER_UPDATED = "customer.updated"  # {fields: {name: new value}, version}
     CUSTOMER_IDENTITY_ADDED = "customer.identity_added"  # {channel, external_id}
     CUSTOMER_MERGED = "customer.merged"  # {merged_customer_id}
+    # Customer data rights (customers/export.py, customers/erasure.py): never the personal data itself.
+    CUSTOMER_EXPORTED = "customer.exported"  # {audit_id}
+    CUSTOMER_ERASED = "customer.erased"  # {counts: {what: how many removed or cleared}, audit_id}
     CONTEXT_CHANGED = "context.changed"  # {scope, values: {key: value or null}}
