@@ -1,0 +1,375 @@
+"""Restoring a backup or archive file: every table in one transaction, nothing written unless every
+member's checksum and count hold.
+
+The default puts back the rows that are missing and leaves the others (ON CONFLICT DO NOTHING on the
+primary key), so restoring a file twice is restoring it once. `replace` first removes the data of the
+file's tenants, in the same transaction, so that they end as the file has them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy import Table, func, literal, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from state_manager.audit import service as audit
+from state_manager.backup.format import (
+    BackupError,
+    ColumnKind,
+    Manifest,
+    TableEntry,
+    backed_up_tables,
+    column_kind,
+    load_order,
+    stored_columns,
+)
+from state_manager.backup.reader import BackupFile
+from state_manager.db import Database
+from state_manager.db.database import dialect_insert
+from state_manager.db.migrate import head_revision
+from state_manager.db.types import UTCDateTime, utcnow
+from state_manager.events.models import event_relay, events
+from state_manager.settings import Settings
+from state_manager.tenants.models import tenants
+
+# Older schema revisions whose files this release restores, and why it can: rows are loaded by column
+# name, so a file from before a migration that only added tables, or columns that are nullable or have a
+# default, loads as it is (`check_restorable` still checks its columns). A migration that changes what a
+# value means needs a rewrite of the rows instead, and its predecessors stay out. Every file so far was
+# written at the current revision.
+RESTORABLE_REVISIONS: dict[str, str] = {}
+
+STATEMENT_TIMEOUT_SECONDS = 3600.0  # one chunk, or removing a large tenant: far beyond the service's 30 s
+
+Progress = Callable[[str, int], None]  # (table, rows of it read so far)
+
+
+@dataclass
+class TableRestored:
+    name: str
+    in_file: int
+    inserted: int = 0
+    inserted_by_tenant: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def already_present(self) -> int:
+        return self.in_file - self.inserted
+
+
+@dataclass
+class Restored:
+    manifest: Manifest
+    tables: list[TableRestored]
+    replaced: bool
+    tenants: list[str]  # the tenants of the file that exist after the restore
+
+
+def check_restorable(manifest: Manifest, *, replace: bool) -> list[Table]:
+    """Whether this release can restore the file, before anything is written; its tables in load order."""
+    head = head_revision()
+    if manifest.schema_revision != head and manifest.schema_revision not in RESTORABLE_REVISIONS:
+        raise BackupError(
+            f"the file was written at schema revision {manifest.schema_revision}; this release restores "
+            f"revision {head}, and no upgrade of rows from {manifest.schema_revision} is known"
+        )
+    if replace and manifest.kind == "archive":
+        raise BackupError(
+            "--replace removes every row of the file's tenants first; an archive holds only some of them: "
+            "restore it without --replace"
+        )
+    tables = load_order(list(manifest.tables))
+    for table in tables:
+        entry = manifest.tables[table.name]
+        known = {column.name for column in stored_columns(table)}
+        unknown = [name for name in entry.columns if name not in known]
+        if unknown:
+            raise BackupError(f"{table.name}: the file has columns this release does not know: {unknown}")
+        missing = [
+            column.name
+            for column in stored_columns(table)
+            if column.name not in entry.columns and not column.nullable and column.server_default is None
+        ]
+        if missing:
+            raise BackupError(f"{table.name}: the file lacks the required columns {missing}")
+    return tables
+
+
+async def restore(
+    db: Database,
+    file: BackupFile,
+    *,
+    replace: bool,
+    actor: str,
+    file_label: str,
+    progress: Progress | None = None,
+) -> Restored:
+    """Loads the file into `db` (migrated to head) in one transaction, and records it in each restored
+    tenant's audit log. Raises BackupError, having written nothing, if a check fails."""
+    manifest = file.manifest
+    tables = check_restorable(manifest, replace=replace)
+    results: list[TableRestored] = []
+    async with _write_transaction(db) as conn:
+        if replace:
+            await _remove_tenants(conn, list(manifest.tenants))
+        for table in tables:
+            results.append(await _load_table(conn, file, table, manifest.tables[table.name], progress))
+        if db.name == "postgresql":
+            await _reset_identities(conn, tables)
+        await _relay_after_restore(conn, list(manifest.tenants))
+        present = list(
+            (await conn.execute(select(tenants.c.id).where(tenants.c.id.in_(manifest.tenants)))).scalars()
+        )
+        for tenant_id in sorted(present):
+            details = {
+                "file": file_label,
+                "kind": manifest.kind,
+                "created_at": manifest.created_at,
+                "mode": "replace" if replace else "merge",
+                "inserted": {r.name: r.inserted_by_tenant[tenant_id] for r in results},
+            }
+            await audit.record(
+                conn,
+                tenant_id,
+                actor=actor,
+                action="backup.restored",
+                subject_type="tenant",
+                subject_id=tenant_id,
+                details=details,
+            )
+    return Restored(manifest, results, replace, sorted(present))
+
+
+@asynccontextmanager
+async def _write_transaction(db: Database) -> AsyncIterator[AsyncConnection]:
+    """PostgreSQL: as the login user, not the app role (which writes only the tenant set for it), with
+    row_security off so that a user the policies would still filter fails at once; SQLite: BEGIN
+    IMMEDIATE, the single writer."""
+    if db.name == "postgresql":
+        async with db.engine.connect() as conn, conn.begin():
+            await conn.execute(text("SET LOCAL row_security = off"))
+            yield conn
+    else:
+        async with db.transaction(None, write=True) as conn:
+            yield conn
+
+
+async def _driver(conn: AsyncConnection) -> Any:
+    return (await conn.get_raw_connection()).driver_connection
+
+
+def _tenant_column(table: Table) -> str | None:
+    if table.name == "tenants":
+        return "id"
+    return "tenant_id" if "tenant_id" in table.c else None
+
+
+async def _remove_tenants(conn: AsyncConnection, tenant_ids: Sequence[str]) -> None:
+    """Every row of these tenants, children first (conversations do not cascade from customers)."""
+    if not tenant_ids:
+        return
+    for table in reversed(backed_up_tables()):
+        column = _tenant_column(table)
+        if column is None:
+            continue
+        if conn.dialect.name == "postgresql":
+            driver = await _driver(conn)
+            await driver.execute(
+                f"DELETE FROM {_quote(conn, table.name)} WHERE {column} = ANY($1::text[])",
+                list(tenant_ids),
+                timeout=STATEMENT_TIMEOUT_SECONDS,
+            )
+        else:
+            await conn.execute(table.delete().where(table.c[column].in_(tenant_ids)))
+
+
+def _quote(conn: AsyncConnection, name: str) -> str:
+    quoted: str = conn.dialect.identifier_preparer.quote(name)
+    return quoted
+
+
+async def _load_table(
+    conn: AsyncConnection, file: BackupFile, table: Table, entry: TableEntry, progress: Progress | None
+) -> TableRestored:
+    result = TableRestored(table.name, entry.rows)
+    load = _load_postgres if conn.dialect.name == "postgresql" else _load_sqlite
+    await load(conn, file, table, entry, result, progress)
+    return result
+
+
+async def _load_postgres(
+    conn: AsyncConnection,
+    file: BackupFile,
+    table: Table,
+    entry: TableEntry,
+    result: TableRestored,
+    progress: Progress | None,
+) -> None:
+    """Each block of lines goes as one jsonb array into one INSERT … SELECT: PostgreSQL parses and casts
+    the values (on its own core), Python only reads and checks the file."""
+    driver = await _driver(conn)
+    statement = _postgres_insert(conn, table, entry.columns)
+    read = 0
+    async for block in file.blocks_async(entry):
+        payload = b"[" + b",".join(block) + b"]"
+        for tenant_id, count in await driver.fetch(
+            statement, payload.decode(), timeout=STATEMENT_TIMEOUT_SECONDS
+        ):
+            result.inserted += count
+            if tenant_id is not None:
+                result.inserted_by_tenant[tenant_id] += count
+        read += len(block)
+        if progress is not None:
+            progress(table.name, read)
+
+
+def _postgres_insert(conn: AsyncConnection, table: Table, columns: Sequence[str]) -> str:
+    values = []
+    for index, name in enumerate(columns):
+        column = table.c[name]
+        kind = column_kind(column)
+        if kind == "text":
+            values.append(f"r->>{index}")
+        elif kind == "json":
+            values.append(f"r->{index}")
+        else:
+            values.append(f"(r->>{index})::{column.type.compile(conn.dialect)}")
+    names = ", ".join(_quote(conn, name) for name in columns)
+    keys = ", ".join(_quote(conn, column.name) for column in table.primary_key.columns)
+    tenant = _tenant_column(table)
+    returned = _quote(conn, tenant) if tenant is not None and tenant in columns else "NULL::text"
+    return (
+        f"WITH inserted AS (INSERT INTO {_quote(conn, table.name)} ({names})"
+        f" SELECT {', '.join(values)} FROM jsonb_array_elements($1::jsonb) AS r"
+        f" ON CONFLICT ({keys}) DO NOTHING RETURNING {returned} AS tenant_id)"
+        " SELECT tenant_id, count(*) FROM inserted GROUP BY tenant_id"
+    )
+
+
+def _sqlite_datetime(value: str) -> str:
+    """A canonical datetime as SQLAlchemy stores it on SQLite: naive UTC with microseconds."""
+    if len(value) == 32 and value.endswith("+00:00"):
+        return f"{value[:10]} {value[11:26]}"
+    moment = dt.datetime.fromisoformat(value).astimezone(dt.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+# From canonical values to what SQLAlchemy's types store on SQLite (UUIDs as 32 hex digits).
+_TO_SQLITE: dict[ColumnKind, Callable[[Any], Any]] = {
+    "uuid": lambda value: value.replace("-", ""),
+    "datetime": _sqlite_datetime,
+}
+
+
+async def _load_sqlite(
+    conn: AsyncConnection,
+    file: BackupFile,
+    table: Table,
+    entry: TableEntry,
+    result: TableRestored,
+    progress: Progress | None,
+) -> None:
+    kinds = [column_kind(table.c[name]) for name in entry.columns]
+    conversions = [(i, _TO_SQLITE[kind]) for i, kind in enumerate(kinds) if kind in _TO_SQLITE]
+    # JSON documents as JSON text, null included (what SQLAlchemy's JSON type stores for None).
+    documents = [i for i, kind in enumerate(kinds) if kind == "json"]
+    names = ", ".join(_quote(conn, name) for name in entry.columns)
+    keys = ", ".join(_quote(conn, column.name) for column in table.primary_key.columns)
+    statement = (
+        f"INSERT INTO {_quote(conn, table.name)} ({names}) VALUES ({', '.join('?' * len(entry.columns))})"
+        f" ON CONFLICT ({keys}) DO NOTHING"
+    )
+    tenant = _tenant_column(table)
+    tenant_index = entry.columns.index(tenant) if tenant is not None and tenant in entry.columns else None
+    read = 0
+    async for block in file.blocks_async(entry):
+        rows = []
+        for line in block:
+            values = orjson.loads(line)
+            for index, convert in conversions:
+                if values[index] is not None:
+                    values[index] = convert(values[index])
+            for index in documents:
+                values[index] = orjson.dumps(values[index]).decode()
+            rows.append(tuple(values))
+        # Rows come in primary-key order, tenant first: one statement per run of one tenant's rows.
+        for tenant_id, run in itertools.groupby(
+            rows, key=(lambda row: row[tenant_index]) if tenant_index is not None else (lambda row: None)
+        ):
+            inserted = (await conn.exec_driver_sql(statement, list(run))).rowcount
+            result.inserted += inserted
+            if tenant_id is not None:
+                result.inserted_by_tenant[tenant_id] += inserted
+        read += len(block)
+        if progress is not None:
+            progress(table.name, read)
+
+
+async def _reset_identities(conn: AsyncConnection, tables: Sequence[Table]) -> None:
+    """Identity sequences (events.id) moved past the restored numbers, or the next insert would collide."""
+    driver = await _driver(conn)
+    for table in tables:
+        for column in table.columns:
+            if column.identity is None:
+                continue
+            sequence = await driver.fetchval("SELECT pg_get_serial_sequence($1, $2)", table.name, column.name)
+            await driver.execute(
+                f"SELECT setval($1::regclass, s.top) FROM (SELECT max({_quote(conn, column.name)}) AS top"
+                f" FROM {_quote(conn, table.name)}) AS s"
+                " WHERE s.top > coalesce(pg_sequence_last_value($1::regclass), 0)",
+                sequence,
+            )
+
+
+async def _relay_after_restore(conn: AsyncConnection, tenant_ids: Sequence[str]) -> None:
+    """The relay numbers a tenant's events after event_relay.last_seq: it must not be below a restored
+    event's number (an archive or a tenant's file restored where the relay had not got that far)."""
+    if not tenant_ids:
+        return
+    e = events.c
+    top = (
+        select(e.tenant_id, func.max(e.seq), literal(utcnow(), UTCDateTime()))
+        .where(e.tenant_id.in_(tenant_ids), e.seq.is_not(None))
+        .group_by(e.tenant_id)
+    )
+    insert = dialect_insert(conn.dialect.name)(event_relay).from_select(
+        ["tenant_id", "last_seq", "updated_at"], top
+    )
+    await conn.execute(
+        insert.on_conflict_do_update(
+            index_elements=["tenant_id"],
+            set_={"last_seq": insert.excluded.last_seq, "updated_at": insert.excluded.updated_at},
+            where=event_relay.c.last_seq < insert.excluded.last_seq,
+        )
+    )
+
+
+async def drop_cached(settings: Settings) -> bool:
+    """After a restore, no server may answer from what it cached before: a new cache generation (as
+    after a Redis outage, cache/shared.py) makes every process clear its own tier and ignore Redis's older
+    entries. False without Redis (nothing shared to reach: restart an embedded server instead)."""
+    if not settings.redis_url:
+        return False
+    from redis.asyncio import Redis
+
+    from state_manager.cache.shared import GENERATION_CHANNEL, GENERATION_KEY
+
+    client = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        # INCR and PUBLISH in one script: a process must hear of the generation it will read.
+        await client.eval(
+            "local g = redis.call('INCR', KEYS[1]) redis.call('PUBLISH', ARGV[1], g) return g",
+            1,
+            GENERATION_KEY,
+            GENERATION_CHANNEL,
+        )
+    finally:
+        await client.aclose()
+    return True
