@@ -8,6 +8,8 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
+import getpass
+import json
 import secrets
 import sqlite3
 import time
@@ -545,3 +547,41 @@ def test_an_erasure_reaches_the_cached_lookups_of_every_instance(
     finally:
         api.client.close()
         assert other.stop(), other.log_tail()
+
+
+def test_the_command_line_exports_and_erases_as_its_user(api: Api, tenant: Tenant, tmp_path: Path) -> None:
+    client = tenant.client
+    erin = write_customer(client)
+    out = tmp_path / "erin.json"
+    done = api.server.cli("customers", "export", "--tenant", tenant.id, erin.customer_id, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    document = json.loads(out.read_text())
+    assert document["customer"]["id"] == erin.customer_id
+    assert erin.texts[0] in out.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["erin.json"]  # no partial file left behind
+
+    # With Redis (PostgreSQL here) the command tells the running server to drop what it cached; the
+    # embedded default's server cannot hear it (its cache keeps a lookup for CACHE_LOCAL_SECONDS).
+    cached = warm_lookups(client, erin) if api.backend == "postgres" else []
+    done = api.server.cli("customers", "erase", "--tenant", tenant.id, erin.customer_id, "--yes", "--json")
+    assert done.returncode == 0, done.stderr
+    erased = json.loads(done.stdout)
+    assert erased["counts"]["messages_redacted"] == 3
+    assert ok(client.get(f"/v1/customers/{erin.customer_id}"))["erased_at"] is not None
+    acknowledged = time.monotonic()
+    for path, params in cached or [(f"/v1/customers/by-identity/whatsapp/{erin.wa}", {})]:
+        while client.get(path, params=params).status_code != 404:
+            assert time.monotonic() - acknowledged < AGREEMENT_BOUND_SECONDS, f"{path} still cached"
+            time.sleep(0.01)
+    actors = {(e["action"], e["actor"]) for e in audit_entries(client)}
+    assert actors == {
+        ("customer.exported", f"cli:{getpass.getuser()}"),
+        ("customer.erased", f"cli:{getpass.getuser()}"),
+    }
+
+    again = api.server.cli("customers", "erase", "--tenant", tenant.id, erin.customer_id, "--yes")
+    assert again.returncode == 0, again.stderr
+    assert "already erased" in again.stdout
+    assert api.server.cli("customers", "erase", "--tenant", tenant.id, "nope", "--yes").returncode == 2
+    missing = api.server.cli("customers", "export", "--tenant", "no-such-tenant", erin.customer_id)
+    assert (missing.returncode, "not found" in missing.stderr) == (1, True)

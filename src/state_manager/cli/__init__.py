@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from state_manager.cli import backup, cache, jobs, keys, migrate, replay, serve, tenants
+from state_manager.cli import backup, cache, customers, jobs, keys, migrate, replay, serve, tenants
 
 app = typer.Typer(
     name="state-manager",
@@ -28,5 +28,6 @@ app.command("restore")(backup.restore)
 app.add_typer(jobs.retention)
 app.add_typer(jobs.expiry)
 app.add_typer(jobs.jobs)
+app.add_typer(customers.customers)
 
 __all__ = ["app"]
