@@ -13,6 +13,7 @@ import json
 import secrets
 import sqlite3
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,6 +216,29 @@ def stored_text(api: Api, tenant_id: str) -> str:
 
     found: str = _in_thread(read())
     return found
+
+
+def execute(api: Api, *statements: str) -> None:
+    """Writes straight to the database (as a restore would), past the service."""
+    url = api.server.env["DATABASE_URL"]
+    if url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(url.split(":///", 1)[1], timeout=30)) as db:
+            for statement in statements:
+                db.execute(statement)
+            db.commit()
+        return
+
+    async def run() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1), timeout=5)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    _in_thread(run())
 
 
 def warm_lookups(client: httpx.Client, customer: Written) -> list[tuple[str, dict[str, str]]]:
@@ -585,3 +609,32 @@ def test_the_command_line_exports_and_erases_as_its_user(api: Api, tenant: Tenan
     assert api.server.cli("customers", "erase", "--tenant", tenant.id, "nope", "--yes").returncode == 2
     missing = api.server.cli("customers", "export", "--tenant", "no-such-tenant", erin.customer_id)
     assert (missing.returncode, "not found" in missing.stderr) == (1, True)
+
+
+def test_erasing_again_removes_what_a_restore_brought_back(api: Api, tenant: Tenant) -> None:
+    """A backup from before an erasure, restored without replacing rows, brings back what was deleted
+    (identities, raw webhooks, context): erasing again removes it, and only then records anything."""
+    client = tenant.client
+    erin = write_customer(client)
+    ok(client.post(f"/v1/customers/{erin.customer_id}/erase"))
+    body = json.dumps(meta_messages(erin.business, (erin.wa, "Erin", meta_wamid(erin.wa), "restored")))
+    at = "2026-01-01 10:00:00.000000" if api.backend == "sqlite" else "2026-01-01T10:00:00Z"
+    customer_hex = erin.customer_id if api.backend == "postgres" else erin.customer_id.replace("-", "")
+    execute(
+        api,
+        "INSERT INTO customer_identities (tenant_id, channel, external_id, customer_id, created_at)"
+        f" VALUES ('{tenant.id}', 'whatsapp', '{erin.wa}', '{customer_hex}', '{at}')",
+        "INSERT INTO webhook_events (tenant_id, id, source, received_at, items, body) VALUES"
+        f" ('{tenant.id}', '{uuid.uuid4().hex}', 'whatsapp', '{at}', 1, '{body}')",
+    )
+    assert ok(client.get(f"/v1/customers/by-identity/whatsapp/{erin.wa}"))["id"] == erin.customer_id
+
+    swept = ok(client.post(f"/v1/customers/{erin.customer_id}/erase"))
+    assert swept["already_erased"] is True
+    assert (swept["counts"]["identities_deleted"], swept["counts"]["webhook_bodies_deleted"]) == (1, 1)
+    assert_problem(client.get(f"/v1/customers/by-identity/whatsapp/{erin.wa}"), 404)
+    assert erin.wa not in stored_text(api, tenant.id)
+    assert len(audit_entries(client, action="customer.erased")) == 2
+    nothing_left = ok(client.post(f"/v1/customers/{erin.customer_id}/erase"))
+    assert (nothing_left["already_erased"], nothing_left["counts"]) == (True, None)
+    assert len(audit_entries(client, action="customer.erased")) == 2

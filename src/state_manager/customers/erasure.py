@@ -41,6 +41,13 @@ from state_manager.messages import repository as messages_repo
 from state_manager.messages.redaction import redact_messages
 
 ERASED_REASON = "customer erased"
+EMPTY_PROFILE: dict[str, Any] = {
+    "display_name": None,
+    "language": None,
+    "preferences": {},
+    "consent": {},
+    "attributes": {},
+}
 ACTION = "customer.erased"
 PAGE = 500
 # Messages are redacted this many at a time: `redact_messages` finds their message.recorded events by a
@@ -142,14 +149,16 @@ async def erase(
     conn: AsyncConnection, tenant_id: str, customer_id: uuid.UUID, *, actor: str, reason: str | None
 ) -> ErasureRead:
     """Erases the customer in the caller's transaction (whose `publishing_changes` drops every cached
-    lookup of it once it commits). Erasing an erased customer changes nothing."""
+    lookup of it once it commits).
+
+    Erasing an erased customer sweeps again and changes nothing when nothing is left, recording nothing
+    either. Something can be left only if it came back: a backup from before the erasure, restored
+    without replacing rows, brings back identities, context and raw webhooks that the first erasure
+    removed (docs/data-rights.md); this sweep removes them, and is audited and announced like the first."""
     row = await repo.get(conn, tenant_id, customer_id, for_update=True)
     if row is None:
         raise NotFound(f"customer {customer_id} not found")
-    if row["erased_at"] is not None:
-        return ErasureRead(
-            customer=await customers.read(conn, tenant_id, customer_id), already_erased=True, counts=None
-        )
+    already_erased = row["erased_at"] is not None
     now = utcnow()
     people = await rights_repo.person_ids(conn, tenant_id, customer_id)
     identities = await repo.identities_of(conn, tenant_id, customer_id)
@@ -188,21 +197,9 @@ async def erase(
     )
     outputs = await rights_repo.clear_published_outputs(conn, tenant_id, needles) if needles else 0
     identities_deleted = await repo.delete_identities(conn, tenant_id, customer_id)
-    await repo.update_versioned(
-        conn,
-        tenant_id,
-        customer_id,
-        {
-            "display_name": None,
-            "language": None,
-            "preferences": {},
-            "consent": {},
-            "attributes": {},
-            "erased_at": now,
-        },
-        expected_version=None,
-        at=now,
-    )
+    if not already_erased:
+        values = {**EMPTY_PROFILE, "erased_at": now}
+        await repo.update_versioned(conn, tenant_id, customer_id, values, expected_version=None, at=now)
     events_cleared = await _clear_events(conn, tenant_id, people)
     deliveries = await _clear_deliveries(conn, tenant_id, people, conversation_ids)
 
@@ -219,6 +216,10 @@ async def erase(
         held_receipts_deleted=held_receipts,
         queue_outputs_cleared=outputs,
     )
+    if already_erased and not counts.removed_anything():
+        return ErasureRead(
+            customer=await customers.read(conn, tenant_id, customer_id), already_erased=True, counts=None
+        )
     audit_id = await audit.record(
         conn,
         tenant_id,
@@ -236,7 +237,9 @@ async def erase(
         customer_id=customer_id,
     )
     return ErasureRead(
-        customer=await customers.read(conn, tenant_id, customer_id), already_erased=False, counts=counts
+        customer=await customers.read(conn, tenant_id, customer_id),
+        already_erased=already_erased,
+        counts=counts,
     )
 
 

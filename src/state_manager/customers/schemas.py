@@ -98,8 +98,13 @@ class ErasureCounts(BaseModel):
     held_receipts_deleted: int
     queue_outputs_cleared: int  # published RabbitMQ output still kept for deduplication
 
+    def removed_anything(self) -> bool:
+        return any(count for name, count in self if name != "conversations")
+
 
 class ErasureRead(BaseModel):
     customer: CustomerRead
-    already_erased: bool = Field(description="true when an earlier erasure did it; nothing changed now")
-    counts: ErasureCounts | None = Field(description="what this erasure removed; null when already erased")
+    already_erased: bool = Field(description="true when an earlier erasure had erased the customer")
+    counts: ErasureCounts | None = Field(
+        description="what this call removed or cleared; null when it found nothing left to remove"
+    )
