@@ -380,6 +380,7 @@ def test_an_erasure_leaves_no_personal_data_and_keeps_the_counts(
     erased = ok(client.post(f"/v1/customers/{erin.customer_id}/erase", json={"reason": "ticket 42"}))
     assert erased["already_erased"] is False
     tally = erased["counts"]
+    assert tally["profile_fields_cleared"] == 3  # display name, language, attributes
     assert tally["identities_deleted"] == 5  # WhatsApp and phone, twice, and the e-mail address
     assert (tally["conversations"], tally["conversations_closed"]) == before[:1] * 2 == (2, 2)
     assert tally["messages_redacted"] == before[1] == 5
@@ -616,7 +617,7 @@ def test_erasing_again_removes_what_a_restore_brought_back(api: Api, tenant: Ten
     (identities, raw webhooks, context): erasing again removes it, and only then records anything."""
     client = tenant.client
     erin = write_customer(client)
-    ok(client.post(f"/v1/customers/{erin.customer_id}/erase"))
+    erased_at = ok(client.post(f"/v1/customers/{erin.customer_id}/erase"))["customer"]["erased_at"]
     body = json.dumps(meta_messages(erin.business, (erin.wa, "Erin", meta_wamid(erin.wa), "restored")))
     at = "2026-01-01 10:00:00.000000" if api.backend == "sqlite" else "2026-01-01T10:00:00Z"
     customer_hex = erin.customer_id if api.backend == "postgres" else erin.customer_id.replace("-", "")
@@ -626,14 +627,22 @@ def test_erasing_again_removes_what_a_restore_brought_back(api: Api, tenant: Ten
         f" VALUES ('{tenant.id}', 'whatsapp', '{erin.wa}', '{customer_hex}', '{at}')",
         "INSERT INTO webhook_events (tenant_id, id, source, received_at, items, body) VALUES"
         f" ('{tenant.id}', '{uuid.uuid4().hex}', 'whatsapp', '{at}', 1, '{body}')",
+        # What a message racing the first erasure could set (docs/data-rights.md, "Limits").
+        f"UPDATE customers SET display_name = 'Erin raced' WHERE tenant_id = '{tenant.id}'"
+        f" AND id = '{customer_hex}'",
     )
     assert ok(client.get(f"/v1/customers/by-identity/whatsapp/{erin.wa}"))["id"] == erin.customer_id
 
     swept = ok(client.post(f"/v1/customers/{erin.customer_id}/erase"))
     assert swept["already_erased"] is True
-    assert (swept["counts"]["identities_deleted"], swept["counts"]["webhook_bodies_deleted"]) == (1, 1)
+    swept_counts = swept["counts"]
+    assert (swept_counts["identities_deleted"], swept_counts["webhook_bodies_deleted"]) == (1, 1)
+    assert swept_counts["profile_fields_cleared"] == 1
+    assert (swept["customer"]["display_name"], swept["customer"]["erased_at"]) == (None, erased_at)
     assert_problem(client.get(f"/v1/customers/by-identity/whatsapp/{erin.wa}"), 404)
-    assert erin.wa not in stored_text(api, tenant.id)
+    stored = stored_text(api, tenant.id)
+    assert erin.wa not in stored
+    assert "Erin raced" not in stored
     assert len(audit_entries(client, action="customer.erased")) == 2
     nothing_left = ok(client.post(f"/v1/customers/{erin.customer_id}/erase"))
     assert (nothing_left["already_erased"], nothing_left["counts"]) == (True, None)

@@ -197,13 +197,17 @@ async def erase(
     )
     outputs = await rights_repo.clear_published_outputs(conn, tenant_id, needles) if needles else 0
     identities_deleted = await repo.delete_identities(conn, tenant_id, customer_id)
-    if not already_erased:
-        values = {**EMPTY_PROFILE, "erased_at": now}
+    # Again on an erased customer: only fields that came back (a name set by a message that raced the
+    # first erasure), and `erased_at` stays the time of the first.
+    profile_cleared = sum(1 for field, empty in EMPTY_PROFILE.items() if row[field] != empty)
+    if not already_erased or profile_cleared:
+        values = EMPTY_PROFILE if already_erased else {**EMPTY_PROFILE, "erased_at": now}
         await repo.update_versioned(conn, tenant_id, customer_id, values, expected_version=None, at=now)
     events_cleared = await _clear_events(conn, tenant_id, people)
     deliveries = await _clear_deliveries(conn, tenant_id, people, conversation_ids)
 
     counts = ErasureCounts(
+        profile_fields_cleared=profile_cleared,
         identities_deleted=identities_deleted,
         conversations=len(owned),
         conversations_closed=closed,

@@ -86,6 +86,7 @@ class ErasureRequest(BaseModel):
 class ErasureCounts(BaseModel):
     """What one erasure removed or cleared (none of it personal data)."""
 
+    profile_fields_cleared: int  # of display_name, language, preferences, consent, attributes
     identities_deleted: int
     conversations: int  # the customer's, all kept (anonymous counts)
     conversations_closed: int  # open ones, closed with reason "customer erased"
