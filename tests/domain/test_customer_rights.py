@@ -540,6 +540,7 @@ def test_the_audit_log_filters_pages_and_stays_in_its_tenant(tenant: Tenant, oth
 
 
 @pytest.mark.postgres
+@pytest.mark.redis
 def test_an_erasure_reaches_the_cached_lookups_of_every_instance(
     postgres_server: Server, postgres_url: str, redis_url: str | None, tmp_path: Path
 ) -> None:
