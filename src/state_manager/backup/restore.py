@@ -70,6 +70,7 @@ class Restored:
     tables: list[TableRestored]
     replaced: bool
     tenants: list[str]  # the tenants of the file that exist after the restore
+    last_seq: dict[str, int]  # their event_relay.last_seq after it
 
 
 def check_restorable(manifest: Manifest, *, replace: bool) -> list[Table]:
@@ -127,6 +128,9 @@ async def restore(
         present = list(
             (await conn.execute(select(tenants.c.id).where(tenants.c.id.in_(manifest.tenants)))).scalars()
         )
+        relay = event_relay.c
+        numbered = select(relay.tenant_id, relay.last_seq).where(relay.tenant_id.in_(present))
+        last_seq = dict.fromkeys(present, 0) | dict((await conn.execute(numbered)).tuples().all())
         for tenant_id in sorted(present):
             details = {
                 "file": file_label,
@@ -144,7 +148,7 @@ async def restore(
                 subject_id=tenant_id,
                 details=details,
             )
-    return Restored(manifest, results, replace, sorted(present))
+    return Restored(manifest, results, replace, sorted(present), last_seq)
 
 
 @asynccontextmanager
@@ -351,25 +355,53 @@ async def _relay_after_restore(conn: AsyncConnection, tenant_ids: Sequence[str])
     )
 
 
-async def drop_cached(settings: Settings) -> bool:
-    """After a restore, no server may answer from what it cached before: a new cache generation (as
-    after a Redis outage, cache/shared.py) makes every process clear its own tier and ignore Redis's older
-    entries. False without Redis (nothing shared to reach: restart an embedded server instead)."""
+@dataclass
+class RedisRefreshed:
+    cache_generation: int
+    streams_cut: dict[str, tuple[int, int]]  # tenant: (the stream's last event before, after)
+
+
+async def refresh_redis(settings: Settings, last_seq: dict[str, int]) -> RedisRefreshed | None:
+    """After a restore, what Redis holds must not contradict the database (None without Redis: nothing
+    shared to reach; restart an embedded server instead).
+
+    - The cache: the restored tenants' entries are deleted, so that no process reads them from Redis
+      after this returns; and a new generation (as after a Redis outage, cache/shared.py) makes every
+      process clear its local tier as it hears of it (within the bound other writes have, docs/design.md).
+    - The tenants' event streams: entries numbered past the restored event_relay.last_seq (a tenant brought
+      back to an earlier point) are removed, or the relay's next events, numbered from there, would be
+      refused as already there (events/bus.py). Those numbers are given again to other events: consumers
+      that keep a position past them must go back to last_seq.
+    """
     if not settings.redis_url:
-        return False
+        return None
     from redis.asyncio import Redis
 
     from state_manager.cache.shared import GENERATION_CHANNEL, GENERATION_KEY
+    from state_manager.events.bus import stream_key
 
     client = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
     try:
+        for tenant_id in last_seq:
+            # Entries are `sm:{tenant}:g<generation>:…` (cache/shared.py); tenant IDs hold no glob character.
+            async for found in client.scan_iter(match=f"sm:{{{tenant_id}}}:g*", count=1000):
+                await client.delete(found)
         # INCR and PUBLISH in one script: a process must hear of the generation it will read.
-        await client.eval(
+        generation = await client.eval(
             "local g = redis.call('INCR', KEYS[1]) redis.call('PUBLISH', ARGV[1], g) return g",
             1,
             GENERATION_KEY,
             GENERATION_CHANNEL,
         )
+        cut = {}
+        for tenant_id, last in last_seq.items():
+            key = stream_key(tenant_id)
+            top = await client.xrevrange(key, count=1)
+            if not top or int(top[0][0].split(b"-", 1)[0]) <= last:
+                continue
+            while beyond := await client.xrange(key, min=f"{last + 1}-0", count=1000):
+                await client.xdel(key, *[entry_id for entry_id, _ in beyond])
+            cut[tenant_id] = (int(top[0][0].split(b"-", 1)[0]), last)
     finally:
         await client.aclose()
-    return True
+    return RedisRefreshed(int(generation), cut)

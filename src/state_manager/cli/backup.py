@@ -269,7 +269,7 @@ def restore(
     """
     from state_manager.backup.format import BackupError
     from state_manager.backup.reader import BackupFile
-    from state_manager.backup.restore import Restored, check_restorable, drop_cached
+    from state_manager.backup.restore import RedisRefreshed, Restored, check_restorable, refresh_redis
     from state_manager.backup.restore import restore as load
 
     settings = load_settings()
@@ -280,7 +280,7 @@ def restore(
         fail(f"{exc}; nothing was written")
     manifest = opened.manifest
 
-    async def work(db: Database) -> tuple[Restored, bool]:
+    async def work(db: Database) -> tuple[Restored, RedisRefreshed | None]:
         await _ready_for_restore(settings, db)
         try:
             with _TableProgress("restore") as progress:
@@ -295,12 +295,12 @@ def restore(
                 )
         except BackupError as exc:
             raise BackupError(f"{exc}; nothing was written") from exc
-        return done, await drop_cached(settings)
+        return done, await refresh_redis(settings, done.last_seq)
 
     if not as_json:
         _describe(file, manifest)
     try:
-        done, cache_cleared = _run(settings, work)
+        done, redis = _run(settings, work)
     finally:
         opened.close()
     if as_json:
@@ -311,7 +311,9 @@ def restore(
                     "kind": manifest.kind,
                     "mode": "replace" if replace else "merge",
                     "tenants": done.tenants,
-                    "cache_cleared": cache_cleared,
+                    "last_seq": done.last_seq,
+                    "cache_cleared": redis is not None,
+                    "event_streams_cut": {} if redis is None else redis.streams_cut,
                     "tables": [
                         {
                             "name": t.name,
@@ -336,8 +338,13 @@ def restore(
     note(
         f"{inserted} rows inserted"
         + (f" after removing the data of {', '.join(done.tenants)}" if replace else "")
-        + ("; running servers told to drop their caches" if cache_cleared else "")
+        + ("; running servers told to drop their caches" if redis is not None else "")
     )
+    for tenant_id, (before, after) in (redis.streams_cut if redis is not None else {}).items():
+        err.print(
+            f"[yellow]tenant {tenant_id}: its event stream went back from {before} to {after}; events are"
+            f" numbered from {after + 1} again: consumers past it must resume from {after}[/]"
+        )
 
 
 async def _ready_for_restore(settings: Settings, db: Database) -> None:
