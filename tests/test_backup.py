@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import redis
 
 from domain.helpers import inbound, ok, transition, wa_id
 from harness import (
@@ -340,6 +341,12 @@ def test_restore_twice_is_restoring_once_and_replace_brings_a_tenant_back(
     [relay] = rows_of(merged, "event_relay")
     assert relay["last_seq"] == max(event["seq"] or 0 for event in rows_of(merged, "events"))
     assert relay["last_seq"] == rows_of(newer, "event_relay")[0]["last_seq"]
+    if api.backend == "postgres":  # a consumer of the tenant's Redis stream reads it all
+        stream = redis.Redis.from_url(api.server.env["REDIS_URL"])
+        key = f"sm:{{{populated.tenant_id}}}:events"
+        stream.xgroup_create(key, "crm", id="0")
+        while stream.xreadgroup("crm", "c1", {key: ">"}, count=1000):
+            pass
     # … and --replace brings it back to the file, in the database and in what the server answers.
     replaced = source.restore(original, "--replace")
     assert replaced["mode"] == "replace"
@@ -348,6 +355,22 @@ def test_restore_twice_is_restoring_once_and_replace_brings_a_tenant_back(
         assert replaced["cache_cleared"] is True
         # Within the bound another instance has to hear of any write (docs/design.md, "Lookup cache").
         eventually(lambda: ok(client.get("/v1/conversations/open", params=lookup)) == before, timeout=1.0)
+        # The tenant's Redis stream went back with it, and a consumer group that had read past the restored
+        # events with it: the events numbered next are published, and the group reads them.
+        last_seq = rows_of(original, "event_relay")[0]["last_seq"]
+        was, now = replaced["event_streams_cut"][populated.tenant_id]
+        assert was >= relay["last_seq"] > now == last_seq
+        groups: Any = stream.xinfo_groups(key)
+        [group] = groups
+        assert group["last-delivered-id"] == f"{last_seq}-1".encode()
+        inbound(client, wa_id(), BUSINESS, status=201)
+
+        def read() -> list[int]:
+            found: Any = stream.xreadgroup("crm", "c1", {key: ">"}, count=100)
+            return [int(entry_id.split(b"-")[0]) for _, entries in found for entry_id, _ in entries]
+
+        assert eventually(read)[0] == last_seq + 1
+        stream.close()
 
 
 def test_a_tenant_backup_holds_that_tenant_only_and_restores_beside_others(

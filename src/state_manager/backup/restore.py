@@ -370,8 +370,8 @@ async def refresh_redis(settings: Settings, last_seq: dict[str, int]) -> RedisRe
       process clear its local tier as it hears of it (within the bound other writes have, docs/design.md).
     - The tenants' event streams: entries numbered past the restored event_relay.last_seq (a tenant brought
       back to an earlier point) are removed, or the relay's next events, numbered from there, would be
-      refused as already there (events/bus.py). Those numbers are given again to other events: consumers
-      that keep a position past them must go back to last_seq.
+      refused as already there (events/bus.py). Those numbers are given again to other events: consumer
+      groups past them are moved back to last_seq; consumers that keep their own position must do so.
     """
     if not settings.redis_url:
         return None
@@ -397,11 +397,24 @@ async def refresh_redis(settings: Settings, last_seq: dict[str, int]) -> RedisRe
         for tenant_id, last in last_seq.items():
             key = stream_key(tenant_id)
             top = await client.xrevrange(key, count=1)
-            if not top or int(top[0][0].split(b"-", 1)[0]) <= last:
+            if not top or _entry_seq(top[0][0]) <= last:
                 continue
             while beyond := await client.xrange(key, min=f"{last + 1}-0", count=1000):
                 await client.xdel(key, *[entry_id for entry_id, _ in beyond])
-            cut[tenant_id] = (int(top[0][0].split(b"-", 1)[0]), last)
+            # XADD refuses IDs at or below the last one ever added, deleted or not: set it back, and the
+            # consumer groups' positions with it, so that they read the events numbered next.
+            position = f"{last}-1" if last else "0-1"
+            await client.execute_command("XSETID", key, position)
+            for group in await client.xinfo_groups(key):
+                if _entry_seq(group["last-delivered-id"]) > last:
+                    await client.xgroup_setid(key, group["name"], position)
+            cut[tenant_id] = (_entry_seq(top[0][0]), last)
     finally:
         await client.aclose()
     return RedisRefreshed(int(generation), cut)
+
+
+def _entry_seq(entry_id: bytes | str) -> int:
+    """The event number of a stream entry ID (`<seq>-1`, events/bus.py)."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.split("-", 1)[0])
