@@ -33,6 +33,9 @@ FORMAT_NAME = "state-manager-backup"
 FORMAT_VERSION = 1
 MANIFEST_MEMBER = "manifest.json"
 UTC = dt.UTC
+# A whole table streamed by one COPY, a block of rows inserted, a large tenant removed: far beyond the
+# service's 30 s statement timeout.
+LONG_STATEMENT_SECONDS = 3600.0
 
 Kind = Literal["backup", "archive"]
 ColumnKind = Literal["text", "int", "bool", "uuid", "datetime", "json"]

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.audit import service as audit
 from state_manager.backup.format import (
+    LONG_STATEMENT_SECONDS,
     BackupError,
     ColumnKind,
     Manifest,
@@ -47,7 +48,6 @@ from state_manager.tenants.models import tenants
 # written at the current revision.
 RESTORABLE_REVISIONS: dict[str, str] = {}
 
-STATEMENT_TIMEOUT_SECONDS = 3600.0  # one chunk, or removing a large tenant: far beyond the service's 30 s
 
 Progress = Callable[[str, int], None]  # (table, rows of it read so far)
 
@@ -188,7 +188,7 @@ async def _remove_tenants(conn: AsyncConnection, tenant_ids: Sequence[str]) -> N
             await driver.execute(
                 f"DELETE FROM {_quote(conn, table.name)} WHERE {column} = ANY($1::text[])",
                 list(tenant_ids),
-                timeout=STATEMENT_TIMEOUT_SECONDS,
+                timeout=LONG_STATEMENT_SECONDS,
             )
         else:
             await conn.execute(table.delete().where(table.c[column].in_(tenant_ids)))
@@ -224,7 +224,7 @@ async def _load_postgres(
     async for block in file.blocks_async(entry):
         payload = b"[" + b",".join(block) + b"]"
         for tenant_id, count in await driver.fetch(
-            statement, payload.decode(), timeout=STATEMENT_TIMEOUT_SECONDS
+            statement, payload.decode(), timeout=LONG_STATEMENT_SECONDS
         ):
             result.inserted += count
             if tenant_id is not None:

@@ -22,6 +22,7 @@ from sqlalchemy.types import NullType
 
 from state_manager.backup.format import (
     FORMAT_VERSION,
+    LONG_STATEMENT_SECONDS,
     MANIFEST_MEMBER,
     BackupError,
     ColumnKind,
@@ -196,7 +197,6 @@ def _tenant_column_index(table: Table, names: list[str]) -> int | None:
 # PostgreSQL writes each row as a JSON array itself, datetimes in their canonical text: in C, on its own
 # core. What it cannot make canonical (the order of keys in JSON documents) is done by one orjson round trip.
 _PG_CANONICAL_DATETIME = 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'
-STATEMENT_TIMEOUT_SECONDS = 3600.0  # a whole table streams in one COPY: far beyond the service's 30 s
 
 
 def ordered_select(table: Table, selection: AnySelect, dialect: str) -> AnySelect:
@@ -260,7 +260,7 @@ async def _postgres_rows(conn: AsyncConnection, statement: AnySelect) -> AsyncIt
 
     async def copy() -> None:
         try:
-            await driver.copy_from_query(sql, output=sink, timeout=STATEMENT_TIMEOUT_SECONDS)
+            await driver.copy_from_query(sql, output=sink, timeout=LONG_STATEMENT_SECONDS)
         finally:
             await received.put(None)
 

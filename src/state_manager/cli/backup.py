@@ -32,11 +32,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-backup = typer.Typer(
-    name="backup",
-    help="A consistent backup of every table (or one tenant) in one compressed file; `backup verify FILE`.",
-    invoke_without_command=True,
-)
+backup = typer.Typer(name="backup", invoke_without_command=True)
 
 
 def _open(settings: Settings) -> Database:
@@ -152,7 +148,8 @@ def take(
     ] = None,
     as_json: Annotated[bool, JsonOption] = False,
 ) -> None:
-    """Write a consistent backup of every table, or of one tenant, to one compressed file.
+    """Write a consistent backup of every table, or of one tenant, to one compressed file; `backup verify
+    FILE` checks one.
 
     One snapshot (PostgreSQL: one REPEATABLE READ READ ONLY transaction; SQLite: one read transaction)
     streamed table by table, as JSON lines, into a ZIP file with a manifest (schema revision, row count
