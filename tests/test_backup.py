@@ -76,11 +76,13 @@ def digests(path: Path) -> dict[str, str]:
     return found
 
 
-def rewrite(source: Path, target: Path, change: Callable[[str, bytes], bytes]) -> None:
-    """A copy of a backup file with each member passed through `change(name, data)`."""
+def rewrite(source: Path, target: Path, change: Callable[[str, bytes], bytes | None]) -> None:
+    """A copy of a backup file with each member passed through `change(name, data)` (None leaves it out)."""
     with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as copied:
         for info in original.infolist():
-            copied.writestr(info.filename, change(info.filename, original.read(info.filename)))
+            changed = change(info.filename, original.read(info.filename))
+            if changed is not None:
+                copied.writestr(info.filename, changed)
 
 
 def with_manifest(source: Path, target: Path, **fields: Any) -> None:
@@ -458,6 +460,16 @@ def test_damaged_or_unknown_files_are_refused_and_nothing_is_written(
     with_manifest(good, newer, format_version=99)
     archive = tmp_path / "archive.zip"
     with_manifest(good, archive, kind="archive")
+    orphans = tmp_path / "orphans.zip"  # whole, but its conversations' customers left out
+
+    def without_customers(name: str, data: bytes) -> bytes | None:
+        if name == "manifest.json":
+            manifest = orjson.loads(data)
+            manifest["tables"] = [table for table in manifest["tables"] if table["name"] != "customers"]
+            return orjson.dumps(manifest)
+        return None if name == "tables/customers.jsonl" else data
+
+    rewrite(good, orphans, without_customers)
 
     target = empty_database(target_backend)
     for file, reason, verifies in (
@@ -473,6 +485,10 @@ def test_damaged_or_unknown_files_are_refused_and_nothing_is_written(
         assert "nothing was written" in refused, refused
     refused = target.cli("restore", str(archive), "--replace", code=1).stderr
     assert "restore it without --replace" in refused
+    target.cli("backup", "verify", str(orphans))
+    refused = target.cli("restore", str(orphans), code=1).stderr
+    assert "foreign key" in refused.lower(), refused
+    assert "nothing was written" in refused, refused
     # The tampered table comes late in the load order: the tables before it were loaded, then undone.
     assert json.loads(target.cli("tenants", "list", "--json").stdout) == []
 

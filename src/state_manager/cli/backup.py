@@ -47,13 +47,35 @@ def _open(settings: Settings) -> Database:
     return PostgresDatabase(settings, as_app_role=False)
 
 
-def _run(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
-    """`work` against the database; a refused file or a database error is one line and exit 1."""
+def _database_errors() -> tuple[type[Exception], ...]:
     import asyncpg
     from sqlalchemy.exc import DBAPIError
 
-    from state_manager.backup.format import BackupError
     from state_manager.errors import StateManagerError
+
+    return (DBAPIError, asyncpg.PostgresError, StateManagerError)
+
+
+def _reason(exc: Exception) -> str:
+    """The database's message, with PostgreSQL's detail (which row, which key) when it gives one."""
+    import asyncpg
+
+    from state_manager.errors import StateManagerError
+
+    if isinstance(exc, StateManagerError):
+        return exc.detail
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause).strip()
+    reason = text.splitlines()[0] if text else type(cause).__name__
+    if isinstance(exc, asyncpg.PostgresError) and exc.detail:
+        reason += f" ({exc.detail})"
+    return reason
+
+
+def _run(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    """`work` against the database; a refused file, a database error or a file that cannot be written is
+    one line and exit 1."""
+    from state_manager.backup.format import BackupError
 
     async def run() -> T:
         db = _open(settings)
@@ -61,10 +83,10 @@ def _run(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
             return await work(db)
         except BackupError as exc:
             fail(str(exc))
-        except (DBAPIError, asyncpg.PostgresError, StateManagerError, OSError) as exc:
-            cause = getattr(exc, "orig", None) or getattr(exc, "detail", None) or exc
-            reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-            fail(f"database error on {safe_url(settings.effective_database_url)}: {reason}")
+        except _database_errors() as exc:
+            fail(f"database error on {safe_url(settings.effective_database_url)}: {_reason(exc)}")
+        except OSError as exc:
+            fail(str(exc))
         finally:
             await db.dispose()
 
@@ -166,6 +188,12 @@ def take(
     if not out.parent.is_dir():
         fail(f"--out: no directory {out.parent}", EXIT_USAGE)
     settings = load_settings()
+    if settings.is_embedded_database:
+        from state_manager.db.sqlite import database_file
+
+        found = database_file(settings.effective_database_url)
+        if found is not None and not found.exists():
+            fail(f"no database at {found} (DATABASE_URL or DATA_DIR)")
     started = time.monotonic()
 
     async def work(db: Database) -> Manifest:
@@ -292,6 +320,9 @@ def restore(
                 )
         except BackupError as exc:
             raise BackupError(f"{exc}; nothing was written") from exc
+        except _database_errors() as exc:
+            # One transaction: a row the database refuses (a constraint) undoes everything.
+            raise BackupError(f"the database refused a row: {_reason(exc)}; nothing was written") from exc
         return done, await refresh_redis(settings, done.last_seq)
 
     if not as_json:
