@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from state_manager.cli import backup, cache, customers, jobs, keys, migrate, replay, serve, tenants
+from state_manager.cli import backup, cache, check, customers, jobs, keys, migrate, replay, serve, tenants
 
 app = typer.Typer(
     name="state-manager",
@@ -23,6 +23,7 @@ app.add_typer(tenants.tenants)
 app.add_typer(keys.keys)
 app.command("replay")(replay.replay)
 app.add_typer(cache.cache)
+app.command("check")(check.check)
 app.add_typer(backup.backup)
 app.command("restore")(backup.restore)
 app.add_typer(jobs.retention)
