@@ -433,34 +433,38 @@ def test_the_embedded_default_moves_to_postgresql_and_back(
     assert digests(back.backup(tmp_path / "back.zip")) == digests(embedded)
 
 
-@pytest.mark.parametrize("target_backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def test_damaged_or_unknown_files_are_refused_and_nothing_is_written(
-    sqlite_server: Server,
-    receiver: Receiver,
-    empty_database: Callable[[str], Database],
-    tmp_path: Path,
-    target_backend: str,
-) -> None:
-    with httpx.Client(base_url=sqlite_server.base_url, timeout=30) as http:
-        data = populate(Api(sqlite_server, http), receiver)
-    data.client.close()
-    good = live(sqlite_server).backup(tmp_path / "good.zip", tenant=data.tenant_id)
+@dataclass
+class BadFiles:
+    """Files made from one good tenant backup, each wrong in one way."""
 
-    tampered = tmp_path / "tampered.zip"  # a valid ZIP, one table's rows changed after the backup
+    tampered: Path  # a valid ZIP, the rows of one table changed after the backup
+    cut: Path  # the first half of the file
+    old: Path  # taken at a schema revision this release does not restore
+    newer: Path  # in a format version from the future
+    archive: Path  # an archive (restored only in the default mode)
+    orphans: Path  # whole and checksummed, but its conversations' customers left out
+
+
+@pytest.fixture(scope="module")
+def bad_files(sqlite_server: Server, tmp_path_factory: pytest.TempPathFactory) -> BadFiles:
+    directory = tmp_path_factory.mktemp("bad-files")
+    with httpx.Client(base_url=sqlite_server.base_url, timeout=30) as http:
+        created = Api(sqlite_server, http).new_tenant()
+        with httpx.Client(base_url=sqlite_server.base_url, headers=created.headers, timeout=30) as client:
+            ok(client.post("/v1/inbound/whatsapp", json=payload("wa_inbound_text")))
+    good = live(sqlite_server).backup(directory / "good.zip", tenant=created.id)
+    files = BadFiles(
+        *(directory / f"{name}.zip" for name in ("tampered", "cut", "old", "newer", "archive", "orphans"))
+    )
     rewrite(
         good,
-        tampered,
+        files.tampered,
         lambda name, body: body.replace(b"#48213", b"#48214") if name == "tables/messages.jsonl" else body,
     )
-    cut = tmp_path / "cut.zip"
-    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    old = tmp_path / "old.zip"
-    with_manifest(good, old, schema_revision="0007")
-    newer = tmp_path / "newer.zip"
-    with_manifest(good, newer, format_version=99)
-    archive = tmp_path / "archive.zip"
-    with_manifest(good, archive, kind="archive")
-    orphans = tmp_path / "orphans.zip"  # whole, but its conversations' customers left out
+    files.cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with_manifest(good, files.old, schema_revision="0007")
+    with_manifest(good, files.newer, format_version=99)
+    with_manifest(good, files.archive, kind="archive")
 
     def without_customers(name: str, data: bytes) -> bytes | None:
         if name == "manifest.json":
@@ -469,27 +473,44 @@ def test_damaged_or_unknown_files_are_refused_and_nothing_is_written(
             return orjson.dumps(manifest)
         return None if name == "tables/customers.jsonl" else data
 
-    rewrite(good, orphans, without_customers)
+    rewrite(good, files.orphans, without_customers)
+    return files
 
-    target = empty_database(target_backend)
-    for file, reason, verifies in (
-        (tampered, "messages: the SHA-256 of its rows differs from the manifest's", False),
-        (cut, "not a complete backup file", False),
-        (old, "written at schema revision 0007", True),
-        (newer, "format version 99", False),
+
+def test_verify_finds_damaged_files(bad_files: BadFiles, tmp_path: Path) -> None:
+    anywhere = Database("none", clean_env(), tmp_path)  # verify reads the file only
+    for file, reason in (
+        (bad_files.tampered, "messages: the SHA-256 of its rows differs from the manifest's"),
+        (bad_files.cut, "not a complete backup file"),
+        (bad_files.newer, "format version 99"),
     ):
-        verify = target.cli("backup", "verify", str(file), "--json", code=0 if verifies else 1)
-        assert verifies or reason in verify.stdout + verify.stderr, verify
-        refused = target.cli("restore", str(file), code=1).stderr
+        found = anywhere.cli("backup", "verify", str(file), "--json", code=1)
+        assert reason in found.stdout + found.stderr, found
+    for whole in (bad_files.old, bad_files.orphans):  # whole files: their checksums hold
+        report = json.loads(anywhere.cli("backup", "verify", str(whole), "--json").stdout)
+        assert report["ok"] is True
+        assert all(table["ok"] for table in report["tables"])
+
+
+@pytest.mark.parametrize("target_backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_restore_refuses_damaged_or_unknown_files_and_writes_nothing(
+    bad_files: BadFiles, empty_database: Callable[[str], Database], target_backend: str
+) -> None:
+    target = empty_database(target_backend)
+    for file, reason in (
+        (bad_files.tampered, "messages: the SHA-256 of its rows differs from the manifest's"),
+        (bad_files.cut, "not a complete backup file"),
+        (bad_files.old, "written at schema revision 0007"),
+        (bad_files.newer, "format version 99"),
+        (bad_files.orphans, "conversations: the database refused a row"),  # (a foreign key)
+        (bad_files.archive, "restore it without --replace"),
+    ):
+        options = ("--replace",) if file == bad_files.archive else ()
+        refused = target.cli("restore", str(file), *options, code=1).stderr
         assert reason in refused, refused
         assert "nothing was written" in refused, refused
-    refused = target.cli("restore", str(archive), "--replace", code=1).stderr
-    assert "restore it without --replace" in refused
-    target.cli("backup", "verify", str(orphans))
-    refused = target.cli("restore", str(orphans), code=1).stderr
-    assert "foreign key" in refused.lower(), refused
-    assert "nothing was written" in refused, refused
-    # The tampered table comes late in the load order: the tables before it were loaded, then undone.
+    # The tampered and orphaned tables come late in the load order: the tables before them were loaded,
+    # then undone.
     assert json.loads(target.cli("tenants", "list", "--json").stdout) == []
 
 

@@ -16,8 +16,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import orjson
 from sqlalchemy import Table, func, literal, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.audit import service as audit
@@ -204,8 +206,20 @@ async def _load_table(
 ) -> TableRestored:
     result = TableRestored(table.name, entry.rows)
     load = _load_postgres if conn.dialect.name == "postgresql" else _load_sqlite
-    await load(conn, file, table, entry, result, progress)
+    try:
+        await load(conn, file, table, entry, result, progress)
+    except (DBAPIError, asyncpg.PostgresError) as exc:
+        raise BackupError(f"{table.name}: the database refused a row ({database_reason(exc)})") from exc
     return result
+
+
+def database_reason(exc: Exception) -> str:
+    """The database's message, with PostgreSQL's detail (which key, which row) when it gives one."""
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause).strip()
+    reason = text.splitlines()[0] if text else type(cause).__name__
+    detail = getattr(cause, "detail", None)
+    return f"{reason}: {detail}" if isinstance(detail, str) and detail else reason
 
 
 async def _load_postgres(

@@ -57,19 +57,10 @@ def _database_errors() -> tuple[type[Exception], ...]:
 
 
 def _reason(exc: Exception) -> str:
-    """The database's message, with PostgreSQL's detail (which row, which key) when it gives one."""
-    import asyncpg
-
+    from state_manager.backup.restore import database_reason
     from state_manager.errors import StateManagerError
 
-    if isinstance(exc, StateManagerError):
-        return exc.detail
-    cause = getattr(exc, "orig", None) or exc
-    text = str(cause).strip()
-    reason = text.splitlines()[0] if text else type(cause).__name__
-    if isinstance(exc, asyncpg.PostgresError) and exc.detail:
-        reason += f" ({exc.detail})"
-    return reason
+    return exc.detail if isinstance(exc, StateManagerError) else database_reason(exc)
 
 
 def _run(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
