@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -15,6 +14,7 @@ import typer
 from state_manager.cli.common import (
     EXIT_USAGE,
     JsonOption,
+    cli_actor,
     err,
     fail,
     load_settings,
@@ -305,7 +305,7 @@ def restore(
                     db,
                     opened,
                     replace=replace,
-                    actor=f"cli:{getpass.getuser()}",
+                    actor=cli_actor(),
                     file_label=str(file.resolve()),
                     progress=progress,
                 )

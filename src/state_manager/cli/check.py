@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import json
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -13,6 +12,7 @@ from state_manager.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
     JsonOption,
+    cli_actor,
     err,
     fail,
     load_settings,
@@ -69,7 +69,7 @@ def check(
             tenant_id=tenant,
             repair=repair,
             stuck_after=dt.timedelta(seconds=stuck_after),
-            actor=_actor(),
+            actor=cli_actor(),
         )
 
     report = with_database(settings, work)
@@ -79,14 +79,6 @@ def check(
         _print(report)
     if not report.clean:
         raise typer.Exit(EXIT_FAILED)
-
-
-def _actor() -> str:
-    """Who the audit log says repaired: `cli:<user>`, as the other commands that change data say."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):  # no login name (a container without a passwd entry)
-        return "cli"
 
 
 def _as_json(report: Report) -> dict[str, Any]:

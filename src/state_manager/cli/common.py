@@ -43,6 +43,16 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     raise typer.Exit(code)
 
 
+def cli_actor() -> str:
+    """Who the audit log says acted, for commands that change data: `cli:<login name>`."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no login name (a container without a passwd entry)
+        return "cli"
+
+
 def note(message: str) -> None:
     err.print(f"[dim]{escape(message)}[/]")
 

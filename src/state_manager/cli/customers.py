@@ -3,7 +3,6 @@ service functions as the API (customers/export.py, customers/erasure.py), audite
 
 from __future__ import annotations
 
-import getpass
 import os
 import sys
 import uuid
@@ -15,6 +14,7 @@ import typer
 from state_manager.cli.common import (
     EXIT_USAGE,
     JsonOption,
+    cli_actor,
     fail,
     load_settings,
     note,
@@ -30,13 +30,6 @@ customers = typer.Typer(name="customers", help="A customer's data rights: export
 
 TenantOption = Annotated[str, typer.Option("--tenant", help="The tenant the customer belongs to.")]
 CustomerArgument = Annotated[str, typer.Argument(help="The customer's ID.", show_default=False)]
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
 
 
 def _customer_id(given: str) -> uuid.UUID:
@@ -72,7 +65,7 @@ def export_customer(
 
         await _require_tenant(db, tenant)
         async with db.transaction(tenant, write=True) as conn:
-            await export.record_export(conn, tenant, customer_id, actor=_actor())
+            await export.record_export(conn, tenant, customer_id, actor=cli_actor())
         document = export.export_document(db, tenant, customer_id)
         if out is None:
             async for piece in document:
@@ -125,7 +118,7 @@ def erase_customer(
         await cache.start()  # so that running servers drop the customer's cached lookups
         try:
             async with cache.publishing_changes(), db.transaction(tenant, write=True) as conn:
-                return await erasure.erase(conn, tenant, customer_id, actor=_actor(), reason=reason)
+                return await erasure.erase(conn, tenant, customer_id, actor=cli_actor(), reason=reason)
         finally:
             await cache.close()
 

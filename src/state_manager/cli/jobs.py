@@ -6,13 +6,20 @@ A run by hand takes the same lease as the servers' scheduler, so it never overla
 
 from __future__ import annotations
 
-import getpass
 import json
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from state_manager.cli.common import JsonOption, fail, load_settings, print_table, when, with_database
+from state_manager.cli.common import (
+    JsonOption,
+    cli_actor,
+    fail,
+    load_settings,
+    print_table,
+    when,
+    with_database,
+)
 
 if TYPE_CHECKING:
     from state_manager.db import Database
@@ -83,7 +90,7 @@ def _run(job: str, tenant: str | None, dry_run: bool, as_json: bool) -> None:
                     cache,
                     holder=f"cli:{lease.holder_name()}",
                     tenant_id=tenant,
-                    actor=_actor(),
+                    actor=cli_actor(),
                 )
             except lease.LeaseHeld:
                 holders = {row["name"]: row["holder"] for row in await lease.leases(db)}
@@ -104,13 +111,6 @@ def _run(job: str, tenant: str | None, dry_run: bool, as_json: bool) -> None:
     print_table(f"{job}: what it {verb}", ["Tenant", *kinds], rows, whole=("Tenant",))
     if report.stopped_early:
         typer.echo(f"{job} stopped before the end (its lease was lost); the next run carries on")
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
 
 
 @jobs.callback(invoke_without_command=True)

@@ -15,7 +15,7 @@ class EventType(enum.StrEnum):
     CONVERSATION_STATE_CHANGED = "conversation.state_changed"  # {from, to, reason, version}
     CONVERSATION_CORRELATED = "conversation.correlated"  # {genesys_conversation_id, genesys_communication_id}
     CONVERSATION_UPDATED = "conversation.updated"  # {fields: {name: new value}, version}
-    CONVERSATION_ARCHIVED = "conversation.archived"  # {archive, messages}: moved out of the live tables
+    CONVERSATION_ARCHIVED = "conversation.archived"  # {archive}: moved out of the live tables, to that file
     PARTICIPANT_JOINED = "participant.joined"  # {participant_id, role, participant_ref, joined_at}
     PARTICIPANT_LEFT = "participant.left"  # {participant_id, role, participant_ref, left_at}
     MESSAGE_RECORDED = "message.recorded"  # {direction, type, wamid, genesys_message_id, text, sender_type}
