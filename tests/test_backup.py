@@ -8,6 +8,8 @@ adds its own entry (`backup.restored`), so it is compared without those.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -20,13 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 import pytest
 import redis
+from sqlalchemy.engine import make_url
 
 from domain.helpers import inbound, ok, transition, wa_id
 from harness import (
+    PG_ADMIN_DSN,
     Api,
     Broker,
     Server,
@@ -117,6 +122,21 @@ class Database:
     def restore(self, file: Path, *options: str) -> dict[str, Any]:
         report: dict[str, Any] = json.loads(self.cli("restore", str(file), "--json", *options).stdout)
         return report
+
+
+def as_admin(*statements: str) -> None:
+    """Statements run as the PostgreSQL superuser of the tests, on a loop of their own."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, run()).result()
 
 
 def live(server: Server) -> Database:
@@ -572,3 +592,22 @@ def test_a_backup_taken_while_a_server_takes_writes_restores_to_one_instant(
     target = empty_database(api.backend)
     report = target.restore(file)  # foreign keys checked row by row: every parent is there
     assert report["last_seq"] == {created.id: relay["last_seq"]}
+
+
+@pytest.mark.postgres
+def test_a_user_that_row_level_security_would_filter_is_refused(
+    postgres_server: Server, tmp_path: Path
+) -> None:
+    """Never an empty backup for want of rights: a user that can read the tables but not bypass the
+    tenants' row-level security (not a superuser, no BYPASSRLS) is told so."""
+    role = f"sm_test_reader_{uuid.uuid4().hex[:8]}"
+    as_admin(f"CREATE ROLE {role} LOGIN", f"GRANT state_manager_app TO {role}")
+    try:
+        url = make_url(postgres_server.env["DATABASE_URL"]).set(username=role)
+        env = clean_env(DATABASE_URL=url.render_as_string(hide_password=False))
+        reader = Database("postgres", env, tmp_path)
+        refused = reader.cli("backup", "--out", str(tmp_path / "empty.zip"), code=1).stderr
+        assert f"the database user {role} cannot see every tenant's rows" in refused, refused
+        assert list(tmp_path.glob("*.zip*")) == []
+    finally:
+        as_admin(f"DROP ROLE {role}")

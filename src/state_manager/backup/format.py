@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import JSON, Boolean, Column, Integer, String, Table, Uuid
+from sqlalchemy import JSON, Boolean, Column, Integer, String, Table, Uuid, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.db.metadata import metadata
 from state_manager.db.types import UTCDateTime
@@ -47,6 +48,23 @@ EXCLUDED_TABLES = frozenset({"job_leases"})
 
 class BackupError(Exception):
     """A file that cannot be written, verified or restored; the message says why."""
+
+
+async def see_every_tenant(conn: AsyncConnection) -> None:
+    """On PostgreSQL, in the transaction just begun: every tenant's rows, or a clear refusal. The login
+    user (not the service's app role, which sees no tenant's rows without app.tenant_id) must bypass
+    row-level security, as pg_dump's must; row_security = off makes any statement a policy would still
+    filter fail instead of silently seeing nothing."""
+    bypasses = await conn.scalar(
+        text("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user")
+    )
+    if not bypasses:
+        user = await conn.scalar(text("SELECT current_user"))
+        raise BackupError(
+            f"the database user {user} cannot see every tenant's rows (row-level security): back up and "
+            f"restore as a superuser, or give it BYPASSRLS (ALTER ROLE {user} BYPASSRLS)"
+        )
+    await conn.execute(text("SET LOCAL row_security = off"))
 
 
 def member_name(table_name: str) -> str:

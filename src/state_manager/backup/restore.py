@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 import orjson
-from sqlalchemy import Table, func, literal, select, text
+from sqlalchemy import Table, func, literal, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -32,6 +32,7 @@ from state_manager.backup.format import (
     backed_up_tables,
     column_kind,
     load_order,
+    see_every_tenant,
     stored_columns,
 )
 from state_manager.backup.reader import BackupFile
@@ -68,9 +69,7 @@ class TableRestored:
 
 @dataclass
 class Restored:
-    manifest: Manifest
     tables: list[TableRestored]
-    replaced: bool
     tenants: list[str]  # the tenants of the file that exist after the restore
     last_seq: dict[str, int]  # their event_relay.last_seq after it
 
@@ -150,17 +149,16 @@ async def restore(
                 subject_id=tenant_id,
                 details=details,
             )
-    return Restored(manifest, results, replace, sorted(present), last_seq)
+    return Restored(results, sorted(present), last_seq)
 
 
 @asynccontextmanager
 async def _write_transaction(db: Database) -> AsyncIterator[AsyncConnection]:
-    """PostgreSQL: as the login user, not the app role (which writes only the tenant set for it), with
-    row_security off so that a user the policies would still filter fails at once; SQLite: BEGIN
-    IMMEDIATE, the single writer."""
+    """PostgreSQL: as the login user, seeing every tenant (`see_every_tenant`); SQLite: BEGIN IMMEDIATE,
+    the single writer."""
     if db.name == "postgresql":
         async with db.engine.connect() as conn, conn.begin():
-            await conn.execute(text("SET LOCAL row_security = off"))
+            await see_every_tenant(conn)
             yield conn
     else:
         async with db.transaction(None, write=True) as conn:

@@ -35,6 +35,7 @@ from state_manager.backup.format import (
     converter,
     encode_lines,
     member_name,
+    see_every_tenant,
     stored_columns,
 )
 from state_manager.db import Database
@@ -368,16 +369,14 @@ async def count_rows(conn: AsyncConnection, parts: Sequence[tuple[Table, AnySele
 async def snapshot(db: Database) -> AsyncIterator[AsyncConnection]:
     """One read-only transaction that sees every tenant as of one instant.
 
-    PostgreSQL: REPEATABLE READ READ ONLY, as the login user and not the service's app role, which sees no
-    tenant's rows without app.tenant_id (row-level security). row_security = off makes a user that
-    policies would still filter (not a superuser, no BYPASSRLS) fail at once instead of writing an empty
-    backup, as pg_dump does. SQLite: one read transaction (a WAL snapshot; writers go on meanwhile).
+    PostgreSQL: REPEATABLE READ READ ONLY, as the login user (`see_every_tenant`: never an empty backup
+    for want of rights). SQLite: one read transaction (a WAL snapshot; writers go on meanwhile).
     """
     if db.name == "postgresql":
         async with db.engine.connect() as conn:
             await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
             async with conn.begin():
-                await conn.execute(text("SET LOCAL row_security = off"))
+                await see_every_tenant(conn)
                 yield conn
     else:
         async with db.transaction(None, write=False) as conn:
