@@ -60,7 +60,7 @@ def _encode(loaded: Loaded, expires_at: float) -> bytes:
     return header + loaded.body
 
 
-def _decode(value: bytes) -> tuple[float, str, tuple[str, ...], bytes]:
+def decode_entry(value: bytes) -> tuple[float, str, tuple[str, ...], bytes]:
     expires_at, etag, tags, body = value.split(b"\n", 3)
     return float(expires_at), etag.decode(), tuple(tags.decode().split()), body
 
@@ -130,7 +130,7 @@ class LookupCache:
         shared_key = f"{cache}:{key}"
         stored = await self.shared.get(tenant_id, shared_key)
         if stored is not None and stored[0] is not None:
-            expires_at, stored_etag, tags, body = _decode(stored[0])
+            expires_at, stored_etag, tags, body = decode_entry(stored[0])
             left = expires_at - time.time()
             if left > 0:
                 metrics.CACHE_HITS.child(cache, "redis").inc()

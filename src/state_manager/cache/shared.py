@@ -79,7 +79,7 @@ return generation
 """
 
 
-def _prefix(tenant_id: str) -> str:
+def tenant_prefix(tenant_id: str) -> str:
     return f"sm:{{{tenant_id}}}"
 
 
@@ -228,13 +228,15 @@ class RedisTier(SharedTier):
             self.breaker.close()
 
     def _entry_key(self, tenant_id: str, key: str) -> str:
-        return f"{_prefix(tenant_id)}:g{self.generation}:{key}"
+        return f"{tenant_prefix(tenant_id)}:g{self.generation}:{key}"
 
     async def get(self, tenant_id: str, key: str) -> tuple[bytes | None, int] | None:
         if not self._usable():
             return None
         try:
-            value, seq = await self._redis.mget(self._entry_key(tenant_id, key), f"{_prefix(tenant_id)}:seq")
+            value, seq = await self._redis.mget(
+                self._entry_key(tenant_id, key), f"{tenant_prefix(tenant_id)}:seq"
+            )
         except _FAILURES as exc:
             self._failed("get", exc)
             return None
@@ -246,7 +248,7 @@ class RedisTier(SharedTier):
     ) -> None:
         if not self._usable():
             return
-        prefix = _prefix(tenant_id)
+        prefix = tenant_prefix(tenant_id)
         keys = [
             self._entry_key(tenant_id, key),
             f"{prefix}:seq",
@@ -288,7 +290,7 @@ class RedisTier(SharedTier):
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for tenant_id, tags in pending.items():
-                    prefix = _prefix(tenant_id)
+                    prefix = tenant_prefix(tenant_id)
                     message = "\n".join(f"{tenant_id}{_SEPARATOR}{tag}" for tag in tags)
                     await self._invalidate(
                         keys=[

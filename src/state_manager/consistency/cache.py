@@ -31,9 +31,9 @@ from state_manager.cache.lookups import (
     MESSAGE_BY_GENESYS_ID,
     MESSAGE_BY_WAMID,
     OPEN_CONVERSATION,
-    _decode,
+    decode_entry,
 )
-from state_manager.cache.shared import GENERATION_KEY, SharedTier, _prefix
+from state_manager.cache.shared import GENERATION_KEY, SharedTier, tenant_prefix
 from state_manager.compat import service as compat
 from state_manager.consistency.core import Check, Context, Finding, Outcome, Result
 from state_manager.conversations import service as conversations
@@ -99,7 +99,7 @@ class SharedCacheEntries(Check):
         if generation is None:
             return  # no server has used the cache yet
         # Servers read only the current generation; older entries are never served and expire by themselves.
-        prefix = f"{_prefix(tenant_id)}:g{int(generation)}:"
+        prefix = f"{tenant_prefix(tenant_id)}:g{int(generation)}:"
         reported: set[tuple[str, ...]] = set()  # SCAN may return a key twice
         cursor = 0
         while True:
@@ -157,7 +157,7 @@ async def _entries(redis: Redis, prefix: str, keys: Sequence[str]) -> list[Entry
     for redis_key, value in zip(keys, await redis.mget(keys), strict=True):
         if value is None:
             continue
-        expires_at, etag, tags, body = _decode(value)
+        expires_at, etag, tags, body = decode_entry(value)
         if expires_at <= time.time():
             continue
         cache, _, key = redis_key.removeprefix(prefix).partition(":")
@@ -172,7 +172,7 @@ async def _unlisted(ctx: Context, tenant_id: str, entries: Sequence[Entry]) -> l
     async with redis.pipeline(transaction=False) as pipe:
         for entry in entries:
             for tag in entry.tags:
-                pipe.sismember(f"{_prefix(tenant_id)}:tag:{tag}", entry.redis_key)
+                pipe.sismember(f"{tenant_prefix(tenant_id)}:tag:{tag}", entry.redis_key)
         listed = iter(await pipe.execute())
     return [[tag for tag in entry.tags if not next(listed)] for entry in entries]
 

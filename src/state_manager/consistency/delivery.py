@@ -19,7 +19,7 @@ from state_manager.consistency.core import Check, Context, Finding, Outcome, Res
 from state_manager.db.locks import lock_names
 from state_manager.events import repository as events_repo
 from state_manager.events.models import events
-from state_manager.events.relay import LEASE_WAIT_SECONDS
+from state_manager.events.relay import LEASE_WAIT_SECONDS, relay_lease
 from state_manager.queues.models import broker_outbox
 from state_manager.subscriptions import repository as subscriptions_repo
 from state_manager.subscriptions.dispatcher import LEASE_MARGIN_SECONDS
@@ -27,10 +27,6 @@ from state_manager.subscriptions.models import webhook_deliveries, webhook_subsc
 
 ev, o, d, s = events.c, broker_outbox.c, webhook_deliveries.c, webhook_subscriptions.c
 SHOWN = 5  # IDs listed per finding of a group
-
-
-def _relay_lease(tenant_id: str) -> str:
-    return f"events-relay:{tenant_id}"  # the relay's own lease (events/relay.py, `relay_once`)
 
 
 class EventNumbering(Check):
@@ -66,7 +62,7 @@ class EventNumbering(Check):
 
     async def repair_one(self, ctx: Context, tenant_id: str, finding: Finding) -> Result:
         async with ctx.db.transaction(tenant_id, write=True, lock_timeout=LEASE_WAIT_SECONDS) as conn:
-            await lock_names(conn, [_relay_lease(tenant_id)])
+            await lock_names(conn, [relay_lease(tenant_id)])
             last, highest = await _numbers(conn, tenant_id)
             if highest <= last:
                 return Result(finding, Outcome.RESOLVED)
@@ -192,7 +188,7 @@ class WebhookDeliveries(Check):
                     d.next_attempt_at < ctx.now - ctx.stuck_after,
                     or_(d.locked_until.is_(None), d.locked_until < ctx.now),
                     s.active.is_(True),
-                    ~subscriptions_repo._BLOCKED,  # the claim's own rule: the head of its line
+                    ~subscriptions_repo.BLOCKED,  # the claim's own rule: the head of its line
                 ],
                 f"pending delivery(ies) due for more than {ctx.stuck_after} and free to claim, not claimed",
                 "sending needs a running server's dispatcher; none has claimed them. Check that one runs "

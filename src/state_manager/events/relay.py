@@ -47,6 +47,11 @@ PUBLISH_RETRY_SECONDS = 0.002
 OnNumbered = Callable[[AsyncConnection, str, Sequence[RowMapping]], Awaitable[None]]
 
 
+def relay_lease(tenant_id: str) -> str:
+    """The lock name under which one process at a time numbers a tenant's events."""
+    return f"events-relay:{tenant_id}"
+
+
 class EventRelay:
     def __init__(self, db: Database, bus: EventBus, *, sweep_seconds: float) -> None:
         self.db = db
@@ -124,7 +129,7 @@ class EventRelay:
         while the bus is away: the hubs read numbered events from the table, and the bus is caught up
         once it is back."""
         async with self.db.transaction(tenant_id, write=True, lock_timeout=LEASE_WAIT_SECONDS) as conn:
-            await lock_names(conn, [f"events-relay:{tenant_id}"])
+            await lock_names(conn, [relay_lease(tenant_id)])
             numbered = await repo.number_pending(conn, tenant_id, BATCH)
             for hook in self.on_numbered if numbered else ():
                 await hook(conn, tenant_id, numbered)

@@ -153,6 +153,7 @@ JOB_WORK = Counter(
     ["job", "what"],
 )
 
+
 def registry() -> CollectorRegistry:
     """Every worker's metrics when several share PROMETHEUS_MULTIPROC_DIR, else this process's."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -94,7 +94,7 @@ async def insert_deliveries(conn: AsyncConnection, rows: list[dict[str, Any]]) -
 
 _earlier = webhook_deliveries.alias("earlier")
 # An earlier pending delivery of the same subscription and ordering key holds the line.
-_BLOCKED = exists().where(
+BLOCKED = exists().where(
     _earlier.c.tenant_id == d.tenant_id,
     _earlier.c.subscription_id == d.subscription_id,
     _earlier.c.ordering_key == d.ordering_key,
@@ -135,7 +135,7 @@ async def claim(
             d.next_attempt_at <= now,
             or_(d.locked_until.is_(None), d.locked_until < now),
             s.active.is_(True),
-            ~_BLOCKED,
+            ~BLOCKED,
         )
         .order_by(d.next_attempt_at, d.event_seq)
         .limit(limit)
