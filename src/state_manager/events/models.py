@@ -34,6 +34,15 @@ events = Table(
     Column("occurred_at", UTCDateTime, nullable=False),
     PrimaryKeyConstraint("tenant_id", "id"),
     Index("ux_events_tenant_id_seq", "tenant_id", "seq", unique=True),
+    # A message's `message.recorded` event, whose text redaction clears (retention, erasure): without it
+    # every batch redacted scanned the tenant's events. One entry per message, not per event.
+    Index(
+        "ix_events_message_recorded",
+        "tenant_id",
+        "message_id",
+        postgresql_where=text("type = 'message.recorded'"),
+        sqlite_where=text("type = 'message.recorded'"),
+    ),
     # What the relay has yet to number: small, whatever the size of the table.
     Index(
         "ix_events_unnumbered",

@@ -65,7 +65,9 @@ async def redact_messages(
         .where(
             events.c.tenant_id == tenant_id,
             events.c.message_id.in_(message_ids),
-            events.c.type == EventType.MESSAGE_RECORDED.value,
+            # A literal, not a parameter: PostgreSQL uses the partial index only when it can prove the
+            # filter implies the index's, which a prepared statement's generic plan cannot.
+            events.c.type == literal_column(f"'{EventType.MESSAGE_RECORDED.value}'"),
         )
         .values(payload=_PAYLOAD_TEXT_CLEARED[conn.dialect.name])
     )

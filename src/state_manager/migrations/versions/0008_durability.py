@@ -1,4 +1,4 @@
-"""durability: redaction and erasure marks, trimmed events, the audit log, scheduled job leases
+"""durability: redaction and erasure marks, their indexes, trimmed events, the audit log, job leases
 
 Revision ID: 0008
 Revises: 0007
@@ -23,6 +23,13 @@ def upgrade() -> None:
     op.add_column("messages", sa.Column("redacted_at", UTCDateTime(), nullable=True))
     op.add_column("customers", sa.Column("erased_at", UTCDateTime(), nullable=True))
     op.add_column("event_relay", sa.Column("trimmed_through", sa.BigInteger(), nullable=True))
+    op.create_index(
+        "ix_events_message_recorded",
+        "events",
+        ["tenant_id", "message_id"],
+        postgresql_where=sa.text("type = 'message.recorded'"),
+        sqlite_where=sa.text("type = 'message.recorded'"),
+    )
     op.create_index(
         "ix_messages_unredacted",
         "messages",
@@ -79,6 +86,7 @@ def downgrade() -> None:
     op.drop_table("audit_log")
     # Plain DROP COLUMN on both (SQLite >= 3.35): a batch copy of `messages` fails on its computed column.
     op.drop_index("ix_messages_unredacted", table_name="messages")
+    op.drop_index("ix_events_message_recorded", table_name="events")
     op.execute("ALTER TABLE event_relay DROP COLUMN trimmed_through")
     op.execute("ALTER TABLE customers DROP COLUMN erased_at")
     op.execute("ALTER TABLE messages DROP COLUMN redacted_at")
