@@ -32,6 +32,18 @@ COMMANDS = [
     ["cache"],
     ["cache", "stats"],
     ["cache", "warm"],
+    ["backup"],
+    ["backup", "verify"],
+    ["restore"],
+    ["check"],
+    ["retention"],
+    ["retention", "run"],
+    ["expiry"],
+    ["expiry", "run"],
+    ["jobs"],
+    ["customers"],
+    ["customers", "export"],
+    ["customers", "erase"],
 ]
 
 
