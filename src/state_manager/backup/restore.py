@@ -389,14 +389,14 @@ async def refresh_redis(settings: Settings, last_seq: dict[str, int]) -> RedisRe
         return None
     from redis.asyncio import Redis
 
-    from state_manager.cache.shared import GENERATION_CHANNEL, GENERATION_KEY
+    from state_manager.cache.shared import GENERATION_CHANNEL, GENERATION_KEY, tenant_prefix
     from state_manager.events.bus import stream_key
 
     client = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
     try:
         for tenant_id in last_seq:
-            # Entries are `sm:{tenant}:g<generation>:…` (cache/shared.py); tenant IDs hold no glob character.
-            async for found in client.scan_iter(match=f"sm:{{{tenant_id}}}:g*", count=1000):
+            # Entries are `<tenant prefix>:g<generation>:…`; tenant IDs hold no glob character.
+            async for found in client.scan_iter(match=f"{tenant_prefix(tenant_id)}:g*", count=1000):
                 await client.delete(found)
         # INCR and PUBLISH in one script: a process must hear of the generation it will read.
         generation = await client.eval(
