@@ -398,6 +398,27 @@ def test_restore_twice_is_restoring_once_and_replace_brings_a_tenant_back(
         stream.close()
 
 
+def test_replacing_from_an_older_file_keeps_the_audit_log_and_names_erasures_to_do_again(
+    api: Api, populated: Populated, tmp_path: Path
+) -> None:
+    """The file predates an erasure: --replace brings the customer's data back, so the audit log (the
+    record of the erasure) survives it, and the restore names the customers to erase again."""
+    source = live(api.server)
+    older = source.backup(tmp_path / "older.zip", tenant=populated.tenant_id)
+    ok(populated.client.post(f"/v1/customers/{populated.customer_id}/erase", json={"reason": "asked"}))
+
+    replaced = source.restore(older, "--replace")
+    assert replaced["erased_since_file"] == [
+        {"tenant": populated.tenant_id, "customer": populated.customer_id}
+    ]
+    entries = ok(populated.client.get("/v1/audit", params={"action": "customer.erased"}))["items"]
+    assert [entry["subject_id"] for entry in entries] == [populated.customer_id]
+    # Erasing again, as the restore asked, leaves the customer erased.
+    again = ok(populated.client.post(f"/v1/customers/{populated.customer_id}/erase", json={}))
+    assert again["counts"] is not None  # the restore had brought data back
+    assert ok(populated.client.get(f"/v1/customers/{populated.customer_id}"))["erased_at"] is not None
+
+
 def test_a_tenant_backup_holds_that_tenant_only_and_restores_beside_others(
     api: Api, receiver: Receiver, empty_database: Callable[[str], Database], tmp_path: Path
 ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import re
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -18,11 +19,12 @@ from typing import Any
 
 import asyncpg
 import orjson
-from sqlalchemy import Table, func, literal, select
+from sqlalchemy import Table, func, literal, literal_column, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.audit import service as audit
+from state_manager.audit.models import audit_log
 from state_manager.backup.format import (
     LONG_STATEMENT_SECONDS,
     BackupError,
@@ -43,6 +45,7 @@ from state_manager.db.types import UTCDateTime, utcnow
 from state_manager.events.models import event_relay, events
 from state_manager.settings import Settings
 from state_manager.tenants.models import tenants
+from state_manager.tenants.schemas import TENANT_ID_PATTERN
 
 # Older schema revisions whose files this release restores, and why it can: rows are loaded by column
 # name, so a file from before a migration that only added tables, or columns that are nullable or have a
@@ -82,6 +85,9 @@ def check_restorable(manifest: Manifest, *, replace: bool) -> list[Table]:
             f"the file was written at schema revision {manifest.schema_revision}; this release restores "
             f"revision {head}, and no upgrade of rows from {manifest.schema_revision} is known"
         )
+    strange = [tenant for tenant in manifest.tenants if not re.fullmatch(TENANT_ID_PATTERN, tenant)]
+    if strange:
+        raise BackupError(f"the manifest names tenants that cannot exist: {strange[:5]}")
     if replace and manifest.kind == "archive":
         raise BackupError(
             "--replace removes every row of the file's tenants first; an archive holds only some of them: "
@@ -120,9 +126,12 @@ async def restore(
     results: list[TableRestored] = []
     async with _write_transaction(db) as conn:
         if replace:
+            await _keep_audit_log(conn, list(manifest.tenants))
             await _remove_tenants(conn, list(manifest.tenants))
         for table in tables:
             results.append(await _load_table(conn, file, table, manifest.tables[table.name], progress))
+        if replace:
+            await _put_back_audit_log(conn)
         if db.name == "postgresql":
             await _reset_identities(conn, tables)
         await _relay_after_restore(conn, list(manifest.tenants))
@@ -173,6 +182,44 @@ def _tenant_column(table: Table) -> str | None:
     if table.name == "tenants":
         return "id"
     return "tenant_id" if "tenant_id" in table.c else None
+
+
+_KEPT_AUDIT = "sm_restore_kept_audit"
+
+
+async def _keep_audit_log(conn: AsyncConnection, tenant_ids: Sequence[str]) -> None:
+    """The audit log outlives a --replace: it is the record of what was done with the data since the
+    backup (an erasure among it, to do again: `erased_since`). Kept aside in a temporary table."""
+    kept = select(audit_log).where(audit_log.c.tenant_id.in_(tenant_ids))
+    # Tenant IDs are checked against TENANT_ID_PATTERN: safe as literals (DDL takes no parameters).
+    compiled = kept.compile(conn, compile_kwargs={"literal_binds": True})
+    await conn.execute(text(f"CREATE TEMPORARY TABLE {_KEPT_AUDIT} AS {compiled}"))
+
+
+async def _put_back_audit_log(conn: AsyncConnection) -> None:
+    insert = dialect_insert(conn.dialect.name)
+    columns = [column.name for column in audit_log.c]
+    # WHERE true: SQLite cannot parse INSERT … SELECT … ON CONFLICT without a WHERE in the SELECT.
+    kept = (
+        select(*(literal_column(name) for name in columns)).select_from(text(_KEPT_AUDIT)).where(text("true"))
+    )
+    statement = insert(audit_log).from_select(columns, kept).on_conflict_do_nothing()
+    await conn.execute(statement)
+    await conn.execute(text(f"DROP TABLE {_KEPT_AUDIT}"))
+
+
+async def erased_since(db: Database, tenant_ids: Sequence[str], since: str) -> list[tuple[str, str]]:
+    """(tenant, customer) of the erasures recorded after `since` (a backup's created_at): a restore of an
+    older file brought their data back, and they must be erased again."""
+    moment = dt.datetime.fromisoformat(since)
+    a = audit_log.c
+    query = (
+        select(a.tenant_id, a.subject_id)
+        .where(a.tenant_id.in_(tenant_ids), a.action == "customer.erased", a.occurred_at > moment)
+        .order_by(a.tenant_id, a.occurred_at)
+    )
+    async with _write_transaction(db) as conn:
+        return [(tenant, str(customer)) for tenant, customer in (await conn.execute(query)).tuples()]
 
 
 async def _remove_tenants(conn: AsyncConnection, tenant_ids: Sequence[str]) -> None:

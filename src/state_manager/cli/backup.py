@@ -285,7 +285,13 @@ def restore(
     """
     from state_manager.backup.format import BackupError
     from state_manager.backup.reader import BackupFile
-    from state_manager.backup.restore import RedisRefreshed, Restored, check_restorable, refresh_redis
+    from state_manager.backup.restore import (
+        RedisRefreshed,
+        Restored,
+        check_restorable,
+        erased_since,
+        refresh_redis,
+    )
     from state_manager.backup.restore import restore as load
 
     settings = load_settings()
@@ -296,7 +302,7 @@ def restore(
         fail(f"{exc}; nothing was written")
     manifest = opened.manifest
 
-    async def work(db: Database) -> tuple[Restored, RedisRefreshed | None]:
+    async def work(db: Database) -> tuple[Restored, RedisRefreshed | None, list[tuple[str, str]]]:
         await _ready_for_restore(settings, db)
         try:
             with _TableProgress("restore") as progress:
@@ -314,12 +320,13 @@ def restore(
         except _database_errors() as exc:
             # One transaction: a row the database refuses (a constraint) undoes everything.
             raise BackupError(f"the database refused a row: {_reason(exc)}; nothing was written") from exc
-        return done, await refresh_redis(settings, done.last_seq)
+        erased = await erased_since(db, done.tenants, manifest.created_at)
+        return done, await refresh_redis(settings, done.last_seq), erased
 
     if not as_json:
         _describe(file, manifest)
     try:
-        done, redis = _run(settings, work)
+        done, redis, erased = _run(settings, work)
     finally:
         opened.close()
     if as_json:
@@ -333,6 +340,7 @@ def restore(
                     "last_seq": done.last_seq,
                     "cache_cleared": redis is not None,
                     "event_streams_cut": {} if redis is None else redis.streams_cut,
+                    "erased_since_file": [{"tenant": t, "customer": c} for t, c in erased],
                     "tables": [
                         {
                             "name": t.name,
@@ -359,6 +367,11 @@ def restore(
         + (f" after removing the data of {', '.join(done.tenants)}" if replace else "")
         + ("; running servers told to drop their caches" if redis is not None else "")
     )
+    for tenant_id, customer_id in erased:
+        err.print(
+            f"[yellow]tenant {tenant_id}: customer {customer_id} was erased after this file was written;"
+            f" erase it again: state-manager customers erase --tenant {tenant_id} {customer_id} --yes[/]"
+        )
     for tenant_id, (before, after) in (redis.streams_cut if redis is not None else {}).items():
         err.print(
             f"[yellow]tenant {tenant_id}: its event stream went back from {before} to {after}; events are"
