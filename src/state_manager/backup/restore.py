@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 import orjson
-from sqlalchemy import Select, Table, func, literal, literal_column, select, text
+from sqlalchemy import Table, func, literal, literal_column, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -38,6 +38,7 @@ from state_manager.backup.format import (
     stored_columns,
 )
 from state_manager.backup.reader import BackupFile
+from state_manager.backup.snapshot import AnySelect
 from state_manager.db import Database
 from state_manager.db.database import dialect_insert
 from state_manager.db.migrate import head_revision
@@ -200,7 +201,7 @@ async def _put_back_audit_log(conn: AsyncConnection) -> None:
     insert = dialect_insert(conn.dialect.name)
     columns = [column.name for column in audit_log.c]
     # WHERE true: SQLite cannot parse INSERT … SELECT … ON CONFLICT without a WHERE in the SELECT.
-    kept: Select[Any] = (
+    kept: AnySelect = (
         select(*(literal_column(name) for name in columns)).select_from(text(_KEPT_AUDIT)).where(text("true"))
     )
     statement = insert(audit_log).from_select(columns, kept).on_conflict_do_nothing()
