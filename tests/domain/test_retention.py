@@ -228,3 +228,24 @@ def test_archives_are_written_whole_or_not_at_all(api: Api, tenant: Tenant, tmp_
     assert done.returncode == 1
     assert "cannot write the archive" in done.stderr
     assert ok(tenant.client.get(f"/v1/conversations/{scene.closed}"))["state"] == "closed"
+
+
+def test_live_subscribers_carry_on_after_every_event_was_trimmed(api: Api, tenant: Tenant) -> None:
+    """A quiet tenant whose events were all trimmed: the next event still reaches a new subscriber."""
+    set_policy(api, tenant, {"event_days": 1})
+    for _ in range(2):  # an inbound message from a new customer: three events
+        inbound(tenant.client, wa_id(), "bn-retention", status=201)
+    wait_for_events(tenant.client, 6)
+    owner_execute(
+        api.server, update(events).where(events.c.tenant_id == tenant.id).values(occurred_at=days_ago(2))
+    )
+    assert retention(api, "--tenant", tenant.id)["tenants"] == {tenant.id: {"events_trimmed": 6}}
+    assert ok(tenant.client.get("/v1/events", params={"after": 6}))["head"] == 6
+
+    query = urllib.parse.urlencode({"api_key": tenant.key})
+    with connect(f"{api.base_url.replace('http', 'ws', 1)}/v1/ws?{query}", open_timeout=10) as ws:
+        assert json.loads(ws.recv(timeout=10)) == {"kind": "live", "seq": 6}
+        inbound(tenant.client, wa_id(), "bn-retention", status=201)
+        frame = json.loads(ws.recv(timeout=10))
+    assert frame["kind"] == "events"
+    assert frame["events"][0]["seq"] == 7

@@ -80,9 +80,12 @@ async def trimmed_through(conn: AsyncConnection, tenant_id: str) -> int:
 
 
 async def head(conn: AsyncConnection, tenant_id: str) -> int:
-    """The tenant's last numbered event (0 if none)."""
-    query = select(func.coalesce(func.max(ev.seq), 0)).where(ev.tenant_id == tenant_id)
-    return int((await conn.execute(query)).scalar_one())
+    """The tenant's last numbered event (0 if none). Retention may have removed every event: the head is
+    then where it trimmed to, not 0, or feeds would wait for numbers that never come again."""
+    trimmed = select(er.trimmed_through).where(er.tenant_id == tenant_id).scalar_subquery()
+    query = select(func.coalesce(func.max(ev.seq), 0), trimmed).where(ev.tenant_id == tenant_id)
+    numbered, trimmed_through = (await conn.execute(query)).one()
+    return max(int(numbered), int(trimmed_through or 0))
 
 
 async def after(
