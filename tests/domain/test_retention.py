@@ -217,17 +217,38 @@ def test_the_default_policy_keeps_conversations_and_content(api: Api, tenant: Te
     assert ok(tenant.client.get(f"/v1/conversations/{scene.closed}"))["state"] == "closed"
 
 
-def test_archives_are_written_whole_or_not_at_all(api: Api, tenant: Tenant, tmp_path: Path) -> None:
-    """If the archive cannot be written, nothing is removed from the live tables."""
+def test_archives_are_written_whole_or_not_at_all(
+    api: Api, tenant: Tenant, other_tenant: Tenant, tmp_path: Path
+) -> None:
+    """If a tenant's archive cannot be written, nothing of it is removed, and the other tenants are
+    served all the same; the run says which tenant failed and exits 1."""
     set_policy(api, tenant, {"closed_conversation_days": 3})
-    scene = Scene(api, tenant)
-    blocked = tmp_path / "not-a-directory"
-    blocked.write_text("")
-    env = {**api.server.env, "ARCHIVE_DIR": str(blocked)}
-    done = run_cli("retention", "run", "--tenant", tenant.id, env=env, cwd=tmp_path)
+    set_policy(api, other_tenant, {"closed_conversation_days": 3})
+    mine, theirs = Scene(api, tenant), Scene(api, other_tenant)
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    (archives / tenant.id).write_text("")  # where this tenant's directory should be
+    env = {**api.server.env, "ARCHIVE_DIR": str(archives)}
+    done = run_cli("retention", "run", "--json", env=env, cwd=tmp_path)
     assert done.returncode == 1
-    assert "cannot write the archive" in done.stderr
-    assert ok(tenant.client.get(f"/v1/conversations/{scene.closed}"))["state"] == "closed"
+    assert f"retention failed for tenant {tenant.id}: cannot write the archive" in " ".join(
+        done.stderr.split()
+    )
+    report = json.loads(done.stdout)
+    assert tenant.id in report["failed"]
+    assert report["tenants"][other_tenant.id]["conversations_archived"] == 1
+    assert ok(tenant.client.get(f"/v1/conversations/{mine.closed}"))["state"] == "closed"
+    assert_problem(other_tenant.client.get(f"/v1/conversations/{theirs.closed}"), 404)
+
+
+def test_a_policy_is_bounded(api: Api, tenant: Tenant) -> None:
+    response = api.request(
+        "PATCH",
+        f"/v1/admin/tenants/{tenant.id}",
+        key=api.admin_key,
+        json={"settings": {"retention": {"message_content_days": 800_000}}},
+    )
+    assert_problem(response, 422)
 
 
 def test_live_subscribers_carry_on_after_every_event_was_trimmed(api: Api, tenant: Tenant) -> None:

@@ -10,10 +10,13 @@ import json
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
 from state_manager.cli.common import (
+    EXIT_FAILED,
     JsonOption,
     cli_actor,
+    err,
     fail,
     load_settings,
     print_table,
@@ -99,6 +102,14 @@ def _run(job: str, tenant: str | None, dry_run: bool, as_json: bool) -> None:
             await cache.close()
 
     report = with_database(settings, work)
+    _show(job, report, dry_run, as_json)
+    for failed_tenant, reason in sorted(report.failed.items()):
+        err.print(f"[bold red]error:[/] {job} failed for tenant {escape(failed_tenant)}: {escape(reason)}")
+    if report.failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _show(job: str, report: JobReport, dry_run: bool, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps({"job": job, **report.as_outcome()}, indent=2))
         return

@@ -10,6 +10,7 @@ EXPIRY_BATCH per transaction; rows another transaction is writing are skipped an
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable
 
 from sqlalchemy import ColumnElement, and_, func, select
@@ -25,6 +26,7 @@ from state_manager.jobs.report import JobReport
 from state_manager.tenants import service as tenants
 
 EXPIRY_BATCH = 200
+log = logging.getLogger("state_manager.expiry")
 c = conversations.c
 
 
@@ -60,14 +62,18 @@ async def expire_inactive(
                 ).scalar_one()
             report.add(tenant.id, "expired", count)
             continue
-        while True:
-            if should_stop():
-                report.stopped_early = True
-                return report
-            done = await _expire_batch(db, cache, tenant.id, cutoff, timeout)
-            report.add(tenant.id, "expired", done)
-            if done < EXPIRY_BATCH:
-                break
+        try:
+            while True:
+                if should_stop():
+                    report.stopped_early = True
+                    return report
+                done = await _expire_batch(db, cache, tenant.id, cutoff, timeout)
+                report.add(tenant.id, "expired", done)
+                if done < EXPIRY_BATCH:
+                    break
+        except Exception as exc:  # one tenant's failure must not starve the rest
+            log.exception("expiry failed for tenant %s; the others go on", tenant.id)
+            report.failed[tenant.id] = getattr(exc, "detail", None) or repr(exc)
     return report
 
 

@@ -14,6 +14,8 @@ class JobReport:
     # Per tenant, what was (or would be) changed: {"expired": 3}, {"messages_redacted": 120, …}.
     tenants: dict[str, Counter[str]] = field(default_factory=dict)
     stopped_early: bool = False
+    # Tenants whose run failed, with why: the others are not held back by one.
+    failed: dict[str, str] = field(default_factory=dict)
 
     def add(self, tenant_id: str, what: str, count: int) -> None:
         if count:
@@ -29,6 +31,7 @@ class JobReport:
         return {
             "dry_run": self.dry_run,
             "stopped_early": self.stopped_early,
+            "failed": dict(sorted(self.failed.items())),
             "totals": dict(self.totals()),
             "tenants": {tenant: dict(counts) for tenant, counts in sorted(self.tenants.items())},
         }

@@ -17,7 +17,9 @@ A dry run counts what each step would change and changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,6 +57,7 @@ class ArchiveFailed(StateManagerError):
     title = "Archive not written"
 
 
+log = logging.getLogger("state_manager.retention")
 REDACT_BATCH = 1000
 DELETE_BATCH = 1000
 ARCHIVE_BATCH = 200  # conversations per archive file (and per transaction)
@@ -102,29 +105,62 @@ async def apply_retention(
     for tenant in found:
         if tenant_id is not None and tenant.id != tenant_id:
             continue
-        cut = Cutoffs.of(tenant.settings.retention, now)
-        if dry_run:
-            async with db.transaction(tenant.id, write=False) as conn:
-                for what, count in (await _would_change(conn, tenant.id, cut)).items():
-                    report.add(tenant.id, what, count)
+        try:
+            finished = await _apply_to_tenant(settings, db, cache, tenant.id, tenant.settings.retention, now,
+                                              actor, report, dry_run, should_stop)  # fmt: skip
+        except Exception as exc:  # one tenant's failure (a full archive disk, say) must not starve the rest
+            log.exception("retention failed for tenant %s; the others go on", tenant.id)
+            report.failed[tenant.id] = getattr(exc, "detail", None) or repr(exc)
             continue
-        work = _TenantRetention(settings, db, cache, tenant.id, cut, now, report, should_stop)
-        finished = await work.run()
-        if report.tenants.get(tenant.id):
-            async with db.transaction(tenant.id) as conn:
-                await audit.record(
-                    conn,
-                    tenant.id,
-                    actor=actor,
-                    action="retention.applied",
-                    subject_type="tenant",
-                    subject_id=tenant.id,
-                    details={"changed": dict(report.tenants[tenant.id]), "finished": finished},
-                )
         if not finished:
             report.stopped_early = True
             return report
     return report
+
+
+async def _apply_to_tenant(
+    settings: Settings,
+    db: Database,
+    cache: LookupCache,
+    tenant_id: str,
+    policy: RetentionSettings,
+    now: dt.datetime,
+    actor: str,
+    report: JobReport,
+    dry_run: bool,
+    should_stop: Callable[[], bool],
+) -> bool:
+    cut = Cutoffs.of(policy, now)
+    if dry_run:
+        async with db.transaction(tenant_id, write=False) as conn:
+            for what, count in (await _would_change(conn, tenant_id, cut)).items():
+                report.add(tenant_id, what, count)
+        return True
+    work = _TenantRetention(settings, db, cache, tenant_id, cut, now, report, should_stop)
+    try:
+        finished = await work.run()
+    except Exception:
+        # What the batches that committed changed is recorded, even though a later one failed.
+        with contextlib.suppress(Exception):
+            await _audit_run(db, tenant_id, actor, report)
+        raise
+    await _audit_run(db, tenant_id, actor, report)
+    return finished
+
+
+async def _audit_run(db: Database, tenant_id: str, actor: str, report: JobReport) -> None:
+    if not report.tenants.get(tenant_id):
+        return
+    async with db.transaction(tenant_id) as conn:
+        await audit.record(
+            conn,
+            tenant_id,
+            actor=actor,
+            action="retention.applied",
+            subject_type="tenant",
+            subject_id=tenant_id,
+            details={"changed": dict(report.tenants[tenant_id])},
+        )
 
 
 @dataclass

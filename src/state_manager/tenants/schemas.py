@@ -15,15 +15,18 @@ class KeyKind(enum.StrEnum):
     ADMIN = "admin"  # organizations, tenants, keys, cross-tenant reports; may also name a tenant
 
 
+MAX_RETENTION_DAYS = 36_500  # a century; null keeps data for good
+
+
 class RetentionSettings(BaseModel):
     """Used by the retention job; None keeps data until it is deleted by hand."""
 
     model_config = ConfigDict(extra="forbid")
 
-    message_content_days: int | None = Field(default=None, ge=1)
-    closed_conversation_days: int | None = Field(default=None, ge=1)
-    raw_webhook_days: int | None = Field(default=30, ge=1)
-    event_days: int | None = Field(default=30, ge=1)
+    message_content_days: int | None = Field(default=None, ge=1, le=MAX_RETENTION_DAYS)
+    closed_conversation_days: int | None = Field(default=None, ge=1, le=MAX_RETENTION_DAYS)
+    raw_webhook_days: int | None = Field(default=30, ge=1, le=MAX_RETENTION_DAYS)
+    event_days: int | None = Field(default=30, ge=1, le=MAX_RETENTION_DAYS)
 
 
 class TenantSettings(BaseModel):
