@@ -11,7 +11,7 @@ import os
 import tempfile
 import uuid
 import zipfile
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,6 +47,7 @@ from state_manager.tenants.models import tenants
 CHUNK_ROWS = 5000
 # Deflate level 1: 2.6 times faster than the default 6 here, for a file 11 % larger (docs/benchmarks.md).
 COMPRESS_LEVEL = 1
+COPY_TIMEOUT_SECONDS = 24 * 3600.0
 
 AnySelect = Select[*tuple[Any, ...]]  # any select, whatever its columns
 Progress = Callable[[str, int], None]  # (table, rows written of it so far)
@@ -171,13 +172,15 @@ async def _write_table(
     member = _Member(archive, member_name(table.name))
     count = 0
     try:
-        async for rows in _canonical_rows(conn, table, selection):
-            if tenant_index is not None:
-                held.update(row[tenant_index] for row in rows if row[tenant_index] is not None)
-            await member.write(encode_lines(rows))
-            count += len(rows)
-            if progress is not None:
-                progress(table.name, count)
+        # Closed on error too: a COPY still running would make the rollback fail and hide the error.
+        async with contextlib.aclosing(_canonical_rows(conn, table, selection)) as blocks:
+            async for rows in blocks:
+                if tenant_index is not None:
+                    held.update(row[tenant_index] for row in rows if row[tenant_index] is not None)
+                await member.write(encode_lines(rows))
+                count += len(rows)
+                if progress is not None:
+                    progress(table.name, count)
     finally:
         digest = await member.close()
     return TableEntry(
@@ -230,7 +233,7 @@ def ordered_select(table: Table, selection: AnySelect, dialect: str) -> AnySelec
 
 async def _canonical_rows(
     conn: AsyncConnection, table: Table, selection: AnySelect
-) -> AsyncIterator[list[list[Any]]]:
+) -> AsyncGenerator[list[list[Any]]]:
     """The rows in canonical values (format.py), in blocks of about CHUNK_ROWS."""
     statement = ordered_select(table, selection, conn.dialect.name)
     rows = (
@@ -238,8 +241,9 @@ async def _canonical_rows(
         if conn.dialect.name == "postgresql"
         else _sqlite_rows(conn, table, statement)
     )
-    async for block in rows:
-        yield block
+    async with contextlib.aclosing(rows):
+        async for block in rows:
+            yield block
 
 
 async def _on_driver(conn: AsyncConnection, statement: AnySelect) -> tuple[str, Any]:
@@ -252,7 +256,7 @@ async def _on_driver(conn: AsyncConnection, statement: AnySelect) -> tuple[str, 
     return sql, driver
 
 
-async def _postgres_rows(conn: AsyncConnection, statement: AnySelect) -> AsyncIterator[list[list[Any]]]:
+async def _postgres_rows(conn: AsyncConnection, statement: AnySelect) -> AsyncGenerator[list[list[Any]]]:
     """COPY (SELECT json_build_array(…) …) TO STDOUT on the connection's own asyncpg connection (in its
     transaction): PostgreSQL streams without a round trip per batch."""
     sql, driver = await _on_driver(conn, statement)
@@ -268,7 +272,8 @@ async def _postgres_rows(conn: AsyncConnection, statement: AnySelect) -> AsyncIt
 
     async def copy() -> None:
         try:
-            await driver.copy_from_query(sql, output=sink, timeout=LONG_STATEMENT_SECONDS)
+            # The timeout covers the whole table, waits for the disk included: a day, not an hour.
+            await driver.copy_from_query(sql, output=sink, timeout=COPY_TIMEOUT_SECONDS)
         finally:
             await received.put(None)
 
@@ -291,6 +296,10 @@ async def _postgres_rows(conn: AsyncConnection, statement: AnySelect) -> AsyncIt
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            # The driver cannot roll back while it thinks the COPY runs ("another operation is in
+            # progress"), which would replace the error being raised: the connection is dropped instead,
+            # and the server ends the transaction with it.
+            await conn.invalidate()
 
 
 def _sqlite_uuid(value: str) -> str:
@@ -317,7 +326,7 @@ _FROM_SQLITE: dict[ColumnKind, Callable[[Any], Any]] = {
 
 async def _sqlite_rows(
     conn: AsyncConnection, table: Table, statement: AnySelect
-) -> AsyncIterator[list[list[Any]]]:
+) -> AsyncGenerator[list[list[Any]]]:
     canonical = converter([column_kind(c) for c in stored_columns(table)], _FROM_SQLITE)
     result = await conn.stream(statement.execution_options(yield_per=CHUNK_ROWS))
     async for partition in result.partitions():
