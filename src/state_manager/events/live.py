@@ -26,13 +26,16 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from state_manager.db import Database
+from state_manager.errors import EventsTrimmed
 from state_manager.events import repository as repo
 from state_manager.events.hub import PAGE, EventHub, Subscription, TenantFeed
 from state_manager.events.schemas import Published
+from state_manager.events.service import refuse_trimmed
 from state_manager.events.types import EventType
 from state_manager.observability import metrics
 
 TOO_SLOW = 4408
+TRIMMED = 4410
 GOING_AWAY = 1012
 # A client too slow may still take the close frame once it reads again; one that does not read within this
 # time has its connection dropped without it.
@@ -111,6 +114,10 @@ class LiveSubscription:
                 metrics.WS_CLOSED.labels("too_slow").inc()
                 await self._close(TOO_SLOW, f"too slow; resume with after={self.covered}")
             elif sending in done and (error := sending.exception()) is not None:
+                if isinstance(error, EventsTrimmed):
+                    metrics.WS_CLOSED.labels("trimmed").inc()
+                    await self._close(TRIMMED, error.detail[:120])
+                    return
                 if not isinstance(error, WebSocketDisconnect):
                     raise error
                 metrics.WS_CLOSED.labels("client").inc()
@@ -179,6 +186,8 @@ class LiveSubscription:
                     conversation_id=options.conversation_id,
                     customer_id=options.customer_id,
                 )
+                # Retention may trim while a long replay runs: refused, never skipped silently.
+                await refuse_trimmed(conn, self.tenant_id, self.covered)
             await self._send_events([Published.from_row(row) for row in rows], "replay")
             if len(rows) < PAGE:
                 self.covered = target

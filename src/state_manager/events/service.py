@@ -71,7 +71,6 @@ async def page(
     conversation_id: uuid.UUID | None,
     customer_id: uuid.UUID | None,
 ) -> EventPage:
-    await refuse_trimmed(conn, tenant_id, after)
     head = await repo.head(conn, tenant_id)
     rows = await repo.after(
         conn,
@@ -83,6 +82,9 @@ async def page(
         conversation_id=conversation_id,
         customer_id=customer_id,
     )
+    # After the read: a trim that committed before it is seen here (statements of one transaction see
+    # ever newer commits on PostgreSQL), so no page silently skips trimmed events.
+    await refuse_trimmed(conn, tenant_id, after)
     # A short page covered everything up to the head, whether or not it matched the filters.
     next_after = rows[-1]["seq"] if len(rows) == limit else max(after, head)
     return EventPage(
