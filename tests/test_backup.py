@@ -218,7 +218,15 @@ def populate(api: Api, receiver: Receiver, broker: Broker | None = None) -> Popu
     status = payload("wa_status_read")
     status["entry"][0]["changes"][0]["value"]["statuses"][0]["id"] = "wamid.not-yet-known"
     ok(client.post("/v1/inbound/whatsapp", json=status))
-    context = {"values": {"topic": "order", "detail": {"z": 1, "a": [1, 2.5, None, "ü"], "m": {"y": True}}}}
+    # Bare numbers too: SQLite stores a JSON column's number as a number (the column's NUMERIC affinity).
+    context = {
+        "values": {
+            "topic": "order",
+            "detail": {"z": 1, "a": [1, 2.5, None, "ü"], "m": {"y": True}},
+            "attempts": 3,
+            "score": 0.5,
+        }
+    }
     ok(client.patch(f"/v1/conversations/{conversation_id}/context", json=context))
     ok(client.patch(f"/v1/customers/{customer_id}/context", json={"values": {"tier": "gold"}}))
     for _ in range(3):

@@ -315,11 +315,16 @@ def _sqlite_datetime(value: str) -> str:
     return canonical_datetime(dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC))
 
 
+def _sqlite_json(value: str | float) -> Any:
+    # A column declared JSON has NUMERIC affinity in SQLite: a JSON number comes back as a number.
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
 # From what SQLite stores to the canonical values (format.py).
 _FROM_SQLITE: dict[ColumnKind, Callable[[Any], Any]] = {
     "uuid": _sqlite_uuid,
     "datetime": _sqlite_datetime,
-    "json": orjson.loads,
+    "json": _sqlite_json,
     "bool": bool,
 }
 
