@@ -4,6 +4,7 @@ that `state-manager restore` brings back, events trimmed from the front of the s
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import json
 import urllib.parse
@@ -11,12 +12,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, select, update
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from harness import Api, run_cli
+from harness import Api, Server, hold_row_lock, run_cli
 from owner_db import owner_execute
 from state_manager.audit.models import audit_log
 from state_manager.conversations.models import conversations
@@ -270,3 +272,22 @@ def test_live_subscribers_carry_on_after_every_event_was_trimmed(api: Api, tenan
         frame = json.loads(ws.recv(timeout=10))
     assert frame["kind"] == "events"
     assert frame["events"][0]["seq"] == 7
+
+
+@pytest.mark.postgres
+def test_a_context_write_waits_for_a_conversation_being_archived(postgres_server: Server) -> None:
+    """Archival locks the conversation, copies its context and deletes both: a context write meanwhile
+    waits for it (and then finds the conversation gone) instead of landing between copy and delete.
+    (PostgreSQL only: SQLite serialises writers, so no write can land in between.)"""
+    with httpx.Client(base_url=postgres_server.base_url, timeout=30) as admin_client:
+        created = Api(postgres_server, admin_client).new_tenant()
+    with httpx.Client(base_url=postgres_server.base_url, headers=created.headers, timeout=30) as client:
+        conversation = inbound(client, wa_id(), "bn-retention", status=201)["conversation_id"]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            with hold_row_lock(postgres_server.env["DATABASE_URL"], "conversations", conversation):
+                writing = pool.submit(
+                    client.patch, f"/v1/conversations/{conversation}/context", json={"values": {"k": 1}}
+                )
+                with pytest.raises(concurrent.futures.TimeoutError):
+                    writing.result(timeout=1.0)
+            assert writing.result(timeout=30).status_code == 200

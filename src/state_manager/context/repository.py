@@ -12,9 +12,27 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.cache.invalidation import changed, customer_tag, thread_tag
 from state_manager.context.models import context_entries
+from state_manager.conversations.models import conversations
+from state_manager.customers.models import customers
 from state_manager.db.database import dialect_insert
 
 ce = context_entries.c
+
+
+async def hold_owner(conn: AsyncConnection, tenant_id: str, scope: str, scope_id: uuid.UUID) -> None:
+    """Locks the row the context belongs to, shared, until the transaction ends: context has no foreign
+    key, so without it a write could land just after archival (which deletes the conversation) or an
+    erasure (which empties the customer) had read the context, and be lost or outlive them. A conversation
+    is held against deletion only (KEY SHARE: messages may update it meanwhile); a customer against any
+    change (SHARE: erasure updates it). No-op on SQLite, whose writers are serialised already."""
+    if scope == "conversation":
+        owner = select(conversations.c.id).where(
+            conversations.c.tenant_id == tenant_id, conversations.c.id == scope_id
+        )
+        await conn.execute(owner.with_for_update(read=True, key_share=True))
+    else:
+        owner = select(customers.c.id).where(customers.c.tenant_id == tenant_id, customers.c.id == scope_id)
+        await conn.execute(owner.with_for_update(read=True))
 
 
 async def entries(

@@ -21,6 +21,8 @@ async def _require_owner(
     conn: AsyncConnection, tenant_id: str, scope: str, scope_id: uuid.UUID, *, writing: bool = False
 ) -> dict[str, uuid.UUID]:
     """The IDs an event about this context carries; an erased customer's context takes no new values."""
+    if writing:
+        await repo.hold_owner(conn, tenant_id, scope, scope_id)
     if scope == "conversation":
         conversation = await conversations.require(conn, tenant_id, scope_id)
         return {"conversation_id": scope_id, "customer_id": conversation["customer_id"]}
