@@ -75,7 +75,9 @@ def export_customer(
             return
         partial = out.with_name(f".{out.name}.partial")
         try:
-            with partial.open("wb") as file:
+            # Readable by its owner only, like backups: it is all of one person's data.
+            descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "wb") as file:
                 async for piece in document:
                     file.write(piece)
             os.replace(partial, out)  # complete or absent, never half-written

@@ -107,22 +107,27 @@ async def holding(
     if not await acquire(db, name, holder, seconds=seconds, not_run_within=not_run_within):
         raise LeaseHeld(name)
     lease = Lease(name, holder)
-    renewing = asyncio.create_task(_keep_renewed(db, lease, seconds), name=f"lease-{name}")
+    finished = asyncio.Event()
+    renewing = asyncio.create_task(_keep_renewed(db, lease, seconds, finished), name=f"lease-{name}")
     status = "failed"
     try:
         yield lease
         status = "stopped" if lease.should_stop() else "done"
     finally:
-        renewing.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await renewing
+        # Told to stop rather than cancelled: a renewal cancelled inside its SQLite transaction could keep
+        # the write lock for the busy timeout.
+        finished.set()
+        await renewing
         with contextlib.suppress(Exception):  # an expired lease frees itself; nothing is lost
             await release(db, name, holder, {"status": status, **lease.outcome})
 
 
-async def _keep_renewed(db: Database, lease: Lease, seconds: float) -> None:
+async def _keep_renewed(db: Database, lease: Lease, seconds: float, finished: asyncio.Event) -> None:
     while True:
-        await asyncio.sleep(seconds / 3)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(finished.wait(), seconds / 3)
+        if finished.is_set():
+            return
         try:
             renewed = await renew(db, lease.name, lease.holder, seconds=seconds)
         except Exception:
