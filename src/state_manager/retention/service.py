@@ -106,8 +106,20 @@ async def apply_retention(
         if tenant_id is not None and tenant.id != tenant_id:
             continue
         try:
-            finished = await _apply_to_tenant(settings, db, cache, tenant.id, tenant.settings.retention, now,
-                                              actor, report, dry_run, should_stop)  # fmt: skip
+            finished = await _apply_to_tenant(
+                _TenantRetention(
+                    settings,
+                    db,
+                    cache,
+                    tenant.id,
+                    Cutoffs.of(tenant.settings.retention, now),
+                    now,
+                    report,
+                    should_stop,
+                ),
+                actor,
+                dry_run,
+            )
         except Exception as exc:  # one tenant's failure (a full archive disk, say) must not starve the rest
             log.exception("retention failed for tenant %s; the others go on", tenant.id)
             report.failed[tenant.id] = getattr(exc, "detail", None) or repr(exc)
@@ -118,33 +130,21 @@ async def apply_retention(
     return report
 
 
-async def _apply_to_tenant(
-    settings: Settings,
-    db: Database,
-    cache: LookupCache,
-    tenant_id: str,
-    policy: RetentionSettings,
-    now: dt.datetime,
-    actor: str,
-    report: JobReport,
-    dry_run: bool,
-    should_stop: Callable[[], bool],
-) -> bool:
-    cut = Cutoffs.of(policy, now)
+async def _apply_to_tenant(work: _TenantRetention, actor: str, dry_run: bool) -> bool:
+    """One tenant's run (or count, in a dry run); False if told to stop before the end."""
     if dry_run:
-        async with db.transaction(tenant_id, write=False) as conn:
-            for what, count in (await _would_change(conn, tenant_id, cut)).items():
-                report.add(tenant_id, what, count)
+        async with work.db.transaction(work.tenant_id, write=False) as conn:
+            for what, count in (await _would_change(conn, work.tenant_id, work.cut)).items():
+                work.report.add(work.tenant_id, what, count)
         return True
-    work = _TenantRetention(settings, db, cache, tenant_id, cut, now, report, should_stop)
     try:
         finished = await work.run()
     except Exception:
         # What the batches that committed changed is recorded, even though a later one failed.
         with contextlib.suppress(Exception):
-            await _audit_run(db, tenant_id, actor, report)
+            await _audit_run(work.db, work.tenant_id, actor, work.report)
         raise
-    await _audit_run(db, tenant_id, actor, report)
+    await _audit_run(work.db, work.tenant_id, actor, work.report)
     return finished
 
 
