@@ -101,7 +101,8 @@ async def run_held(
             JOB_RUNS.labels(job, "failed").inc()
             raise
         held.outcome = report.as_outcome()
-    JOB_RUNS.labels(job, "stopped" if report.stopped_early else "done").inc()
+    outcome = "stopped" if report.stopped_early else "partly_failed" if report.failed else "done"
+    JOB_RUNS.labels(job, outcome).inc()
     for what, count in report.totals().items():
         JOB_WORK.labels(job, what).inc(count)
     return report
