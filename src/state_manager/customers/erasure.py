@@ -50,10 +50,8 @@ EMPTY_PROFILE: dict[str, Any] = {
 }
 ACTION = "customer.erased"
 PAGE = 500
-# Messages are redacted this many at a time: `redact_messages` finds their message.recorded events by a
-# pass over the tenant's events (no index leads there), so fewer, larger batches cost far less: 50,000
-# messages among 1.1 million events took 25 s in batches of 500, 7 s in batches of 5,000
-# (docs/data-rights.md). Well below both backends' bind-parameter limits.
+# Messages are redacted this many at a time (one statement each for the messages and their
+# message.recorded events, found by index): well below both backends' bind-parameter limits.
 REDACT_BATCH = 5000
 # Raw webhooks are searched from this long before the customer's earliest trace (its creation, its
 # identities, its conversations): a body is stored before it is processed, and one whose processing
