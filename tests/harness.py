@@ -104,6 +104,11 @@ async def _admin_execute(*statements: str) -> None:
         await conn.close()
 
 
+def as_postgres_admin(*statements: str) -> None:
+    """Statements run as the tests' PostgreSQL superuser (on its `test` database), on a loop of their own."""
+    _in_thread(_admin_execute(*statements))
+
+
 @contextlib.contextmanager
 def hold_row_lock(database_url: str, table: str, row_id: str) -> Iterator[None]:
     """Keeps one row locked (FOR UPDATE, as the table owner) on a connection of its own for the block."""

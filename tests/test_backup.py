@@ -8,8 +8,6 @@ adds its own entry (`backup.restored`), so it is compared without those.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import hashlib
 import json
 import os
@@ -22,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import orjson
 import pytest
@@ -31,11 +28,11 @@ from sqlalchemy.engine import make_url
 
 from domain.helpers import inbound, ok, transition, wa_id
 from harness import (
-    PG_ADMIN_DSN,
     Api,
     Broker,
     Server,
     ServerProcess,
+    as_postgres_admin,
     clean_env,
     create_database,
     drop_database,
@@ -122,21 +119,6 @@ class Database:
     def restore(self, file: Path, *options: str) -> dict[str, Any]:
         report: dict[str, Any] = json.loads(self.cli("restore", str(file), "--json", *options).stdout)
         return report
-
-
-def as_admin(*statements: str) -> None:
-    """Statements run as the PostgreSQL superuser of the tests, on a loop of their own."""
-
-    async def run() -> None:
-        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
-        try:
-            for statement in statements:
-                await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(asyncio.run, run()).result()
 
 
 def live(server: Server) -> Database:
@@ -633,7 +615,7 @@ def test_a_user_that_row_level_security_would_filter_is_refused(
     """Never an empty backup for want of rights: a user that can read the tables but not bypass the
     tenants' row-level security (not a superuser, no BYPASSRLS) is told so."""
     role = f"sm_test_reader_{uuid.uuid4().hex[:8]}"
-    as_admin(f"CREATE ROLE {role} LOGIN", f"GRANT state_manager_app TO {role}")
+    as_postgres_admin(f"CREATE ROLE {role} LOGIN", f"GRANT state_manager_app TO {role}")
     try:
         url = make_url(postgres_server.env["DATABASE_URL"]).set(username=role)
         env = clean_env(DATABASE_URL=url.render_as_string(hide_password=False))
@@ -642,4 +624,4 @@ def test_a_user_that_row_level_security_would_filter_is_refused(
         assert f"the database user {role} cannot see every tenant's rows" in refused, refused
         assert list(tmp_path.glob("*.zip*")) == []
     finally:
-        as_admin(f"DROP ROLE {role}")
+        as_postgres_admin(f"DROP ROLE {role}")

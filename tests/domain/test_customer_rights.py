@@ -4,14 +4,11 @@ past row-level security) while the anonymous counts stay; both are audited and a
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import concurrent.futures
-import contextlib
+import datetime as dt
 import getpass
 import json
 import secrets
-import sqlite3
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -20,9 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import insert, text, update
 
 from harness import Api, Server, ServerProcess, eventually, server_env
+from owner_db import owner_execute
+from state_manager.customers.models import customer_identities, customers
 from state_manager.db.tables import TENANT_TABLES
+from state_manager.webhooks.models import webhook_events
 
 from .helpers import Tenant, assert_problem, business_number, inbound, list_all, ok, record_message
 from .test_events import events_of
@@ -181,64 +182,16 @@ def export(client: httpx.Client, customer_id: str) -> dict[str, Any]:
     return document
 
 
-def _in_thread(coroutine: Any) -> Any:
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
-
-
 def stored_text(api: Api, tenant_id: str) -> str:
     """Every row the tenant has in every tenant table, as text, read straight from the database (on
-    PostgreSQL as the superuser, past row-level security)."""
-    url = api.server.env["DATABASE_URL"]
-    tables = [table.name for table in TENANT_TABLES]
-    if url.startswith("sqlite"):
-        path = url.split(":///", 1)[1]
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            return "\n".join(
-                repr(row)
-                for table in tables
-                for row in db.execute(f"SELECT * FROM {table} WHERE tenant_id = ?", (tenant_id,))
-            )
-
-    async def read() -> str:
-        import asyncpg
-
-        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1), timeout=5)
-        try:
-            rows = [
-                repr(tuple(row))
-                for table in tables
-                for row in await conn.fetch(f"SELECT * FROM {table} WHERE tenant_id = $1", tenant_id)
-            ]
-        finally:
-            await conn.close()
-        return "\n".join(rows)
-
-    found: str = _in_thread(read())
-    return found
-
-
-def execute(api: Api, *statements: str) -> None:
-    """Writes straight to the database (as a restore would), past the service."""
-    url = api.server.env["DATABASE_URL"]
-    if url.startswith("sqlite"):
-        with contextlib.closing(sqlite3.connect(url.split(":///", 1)[1], timeout=30)) as db:
-            for statement in statements:
-                db.execute(statement)
-            db.commit()
-        return
-
-    async def run() -> None:
-        import asyncpg
-
-        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1), timeout=5)
-        try:
-            for statement in statements:
-                await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    _in_thread(run())
+    PostgreSQL as the owner, past row-level security)."""
+    selects = [
+        text(f"SELECT * FROM {table.name} WHERE tenant_id = :tenant").bindparams(tenant=tenant_id)
+        for table in TENANT_TABLES
+    ]
+    return "\n".join(
+        repr(tuple(row.values())) for rows in owner_execute(api.server, *selects) for row in rows
+    )
 
 
 def warm_lookups(client: httpx.Client, customer: Written) -> list[tuple[str, dict[str, str]]]:
@@ -620,17 +573,24 @@ def test_erasing_again_removes_what_a_restore_brought_back(api: Api, tenant: Ten
     erin = write_customer(client)
     erased_at = ok(client.post(f"/v1/customers/{erin.customer_id}/erase"))["customer"]["erased_at"]
     body = json.dumps(meta_messages(erin.business, (erin.wa, "Erin", meta_wamid(erin.wa), "restored")))
-    at = "2026-01-01 10:00:00.000000" if api.backend == "sqlite" else "2026-01-01T10:00:00Z"
-    customer_hex = erin.customer_id if api.backend == "postgres" else erin.customer_id.replace("-", "")
-    execute(
-        api,
-        "INSERT INTO customer_identities (tenant_id, channel, external_id, customer_id, created_at)"
-        f" VALUES ('{tenant.id}', 'whatsapp', '{erin.wa}', '{customer_hex}', '{at}')",
-        "INSERT INTO webhook_events (tenant_id, id, source, received_at, items, body) VALUES"
-        f" ('{tenant.id}', '{uuid.uuid4().hex}', 'whatsapp', '{at}', 1, '{body}')",
+    at = dt.datetime(2026, 1, 1, 10, tzinfo=dt.UTC)
+    customer_id = uuid.UUID(erin.customer_id)
+    owner_execute(
+        api.server,
+        insert(customer_identities).values(
+            tenant_id=tenant.id,
+            channel="whatsapp",
+            external_id=erin.wa,
+            customer_id=customer_id,
+            created_at=at,
+        ),
+        insert(webhook_events).values(
+            tenant_id=tenant.id, id=uuid.uuid4(), source="whatsapp", received_at=at, items=1, body=body
+        ),
         # What a message racing the first erasure could set (docs/data-rights.md, "Limits").
-        f"UPDATE customers SET display_name = 'Erin raced' WHERE tenant_id = '{tenant.id}'"
-        f" AND id = '{customer_hex}'",
+        update(customers)
+        .where(customers.c.tenant_id == tenant.id, customers.c.id == customer_id)
+        .values(display_name="Erin raced"),
     )
     assert ok(client.get(f"/v1/customers/by-identity/whatsapp/{erin.wa}"))["id"] == erin.customer_id
 
