@@ -240,25 +240,34 @@ class _TenantRetention:
     async def _archive_conversations(self) -> bool:
         if self.cut.conversations is None:
             return False
-        async with self.cache.publishing_changes(), self.db.transaction(self.tenant_id) as conn:
-            due = (
-                await conn.execute(
-                    select(conversations.c.id, conversations.c.customer_id)
-                    .where(_archivable(self.tenant_id, self.cut.conversations))
-                    .order_by(conversations.c.closed_at)
-                    .limit(ARCHIVE_BATCH)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
-            if not due:
-                return False
-            await self._archive(conn, due)
-            self._add("conversations_archived", len(due))
+        path = self.settings.effective_archive_dir / self.tenant_id / _archive_name(self.now)
+        try:
+            async with self.cache.publishing_changes(), self.db.transaction(self.tenant_id) as conn:
+                due = (
+                    await conn.execute(
+                        select(conversations.c.id, conversations.c.customer_id)
+                        .where(_archivable(self.tenant_id, self.cut.conversations))
+                        .order_by(conversations.c.closed_at)
+                        .limit(ARCHIVE_BATCH)
+                        .with_for_update(skip_locked=True)
+                    )
+                ).all()
+                if not due:
+                    return False
+                archived_messages = await self._archive(conn, due, path)
+        except BaseException:
+            # Nothing was removed (the transaction rolled back, its commit included): neither is the file.
+            path.unlink(missing_ok=True)
+            raise
+        self._add("conversations_archived", len(due))
+        self._add("messages_archived", archived_messages)
         return len(due) == ARCHIVE_BATCH
 
-    async def _archive(self, conn: AsyncConnection, due: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> Path:
-        """Writes the conversations and what hangs off them to a new archive file, then removes them from
-        the live tables, in the caller's transaction: if it fails, the file goes and nothing is removed."""
+    async def _archive(
+        self, conn: AsyncConnection, due: Sequence[tuple[uuid.UUID, uuid.UUID]], path: Path
+    ) -> int:
+        """Writes the conversations and what hangs off them to the archive file `path`, then removes them
+        from the live tables, in the caller's transaction; returns how many messages went."""
         ids = [conversation_id for conversation_id, _ in due]
         tenant = self.tenant_id
         in_batch = conversations.c.id.in_(ids)
@@ -276,40 +285,33 @@ class _TenantRetention:
             ),
             (events, _of_batch(events, tenant, ids)),
         ]
-        path = self.settings.effective_archive_dir / tenant / _archive_name(self.now)
         try:
             manifest = await write_snapshot(conn, path, parts, kind="archive", tenant_id=tenant)
         except OSError as exc:
             raise ArchiveFailed(f"cannot write the archive {path}: {exc.strerror or exc}") from exc
-        try:
-            counts = {table: entry.rows for table, entry in manifest.tables.items()}
-            self._add("messages_archived", counts.get("messages", 0))
-            # Events stay: they leave with the front of the sequence (step 4), which keeps it free of
-            # holes for consumers replaying it; the archive holds a copy.
-            await conn.execute(
-                delete(context_entries).where(context_entries.c.tenant_id == tenant, conversation_context)
+        # Events stay: they leave with the front of the sequence (step 4), which keeps it free of
+        # holes for consumers replaying it; the archive holds a copy.
+        await conn.execute(
+            delete(context_entries).where(context_entries.c.tenant_id == tenant, conversation_context)
+        )
+        # Participants, state changes and messages go with their conversation (ON DELETE CASCADE).
+        await conn.execute(delete(conversations).where(conversations.c.tenant_id == tenant, in_batch))
+        for conversation_id, customer_id in due:
+            changed(
+                tenant,
+                conversations_tag(customer_id),
+                thread_tag(conversation_id),
+                ended_tag(conversation_id),
             )
-            # Participants, state changes and messages go with their conversation (ON DELETE CASCADE).
-            await conn.execute(delete(conversations).where(conversations.c.tenant_id == tenant, in_batch))
-            for conversation_id, customer_id in due:
-                changed(
-                    tenant,
-                    conversations_tag(customer_id),
-                    thread_tag(conversation_id),
-                    ended_tag(conversation_id),
-                )
-                emit(
-                    conn,
-                    tenant,
-                    EventType.CONVERSATION_ARCHIVED,
-                    {"archive": path.name},
-                    conversation_id=conversation_id,
-                    customer_id=customer_id,
-                )
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        return path
+            emit(
+                conn,
+                tenant,
+                EventType.CONVERSATION_ARCHIVED,
+                {"archive": path.name},
+                conversation_id=conversation_id,
+                customer_id=customer_id,
+            )
+        return manifest.tables["messages"].rows
 
     async def _trim_events(self) -> bool:
         if self.cut.events is None:
