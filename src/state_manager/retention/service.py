@@ -257,7 +257,8 @@ class _TenantRetention:
                 archived_messages = await self._archive(conn, due, path)
         except BaseException:
             # Nothing was removed (the transaction rolled back, its commit included): neither is the file.
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # never hide the failure itself
+                path.unlink(missing_ok=True)
             raise
         self._add("conversations_archived", len(due))
         self._add("messages_archived", archived_messages)
