@@ -13,6 +13,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from state_manager import http_errors, startup
+from state_manager.analytics.projector import AnalyticsProjector
+from state_manager.analytics.routes import router as analytics_router
 from state_manager.audit.routes import router as audit_router
 from state_manager.cache import admin as cache_admin
 from state_manager.cache import open_lookup_cache
@@ -52,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         events = open_events(settings, db)
         webhooks = WebhookDispatcher(settings, db)
         scheduler = JobScheduler(settings, db, cache)
+        analytics = AnalyticsProjector(db, interval_seconds=settings.analytics_refresh_seconds)
         events.relay.on_numbered.append(webhooks.on_numbered)  # deliveries written as events are numbered
         queues = None
         warming: asyncio.Task[None] | None = None
@@ -69,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await events.start()
             webhooks.start()
             scheduler.start()
+            analytics.start()
             if settings.rabbitmq_url:
                 queues = QueueConsumers(settings, db, cache, auth, inbound)
                 await queues.start()
@@ -96,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # The background writers stop before the queue consumers, whose cancelled work could hold
             # SQLite's write lock for a while; the jobs first, as their last batch writes events.
             await scheduler.close()
+            await analytics.close()
             await events.close()
             await webhooks.close()
             if queues is not None:
@@ -128,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tenant_routes.admin)
     app.include_router(cache_admin.router)
     app.include_router(compat_router)
+    app.include_router(analytics_router)
     return app
 
 

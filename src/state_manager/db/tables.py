@@ -1,5 +1,12 @@
 """Every table, imported once so that the metadata is complete (migrations, checks, tests)."""
 
+from state_manager.analytics.models import (
+    analytics_agent_sessions,
+    analytics_conversations,
+    analytics_facts,
+    analytics_failures,
+    analytics_progress,
+)
 from state_manager.audit.models import audit_log
 from state_manager.context.models import context_entries
 from state_manager.conversations.models import conversations, participants, state_changes
@@ -30,10 +37,20 @@ TENANT_TABLES = (
     webhook_deliveries,
     webhook_attempts,
     audit_log,
+    analytics_facts,
+    analytics_failures,
+    analytics_conversations,
+    analytics_agent_sessions,
+    analytics_progress,
 )
 
 __all__ = [
     "TENANT_TABLES",
+    "analytics_agent_sessions",
+    "analytics_conversations",
+    "analytics_facts",
+    "analytics_failures",
+    "analytics_progress",
     "api_keys",
     "audit_log",
     "broker_outbox",

@@ -1,0 +1,207 @@
+"""What one conversation contributes to the reports, computed from its rows alone (docs/analytics.md).
+
+Pure: the projector loads the rows and writes what this returns. Messages are taken in the order of
+their `occurred_at`, never in the order they were recorded, so late and out-of-order webhooks change
+nothing once the same rows are in.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from state_manager.analytics.models import FACT_COLUMNS
+
+BUCKET_MINUTES = 15
+REPLY_WINDOW = dt.timedelta(hours=24)  # WhatsApp's customer service window after a customer's message
+REOPEN_WINDOW = dt.timedelta(hours=24)  # a customer back this soon after a close: not resolved after all
+RESPONDERS = frozenset({"agent", "bot"})
+
+
+def bucket_of(moment: dt.datetime) -> dt.datetime:
+    """The start of the 15-minute bucket holding `moment` (UTC)."""
+    moment = moment.astimezone(dt.UTC)
+    return moment.replace(minute=moment.minute - moment.minute % BUCKET_MINUTES, second=0, microsecond=0)
+
+
+def seconds_between(start: dt.datetime, end: dt.datetime) -> float:
+    """Elapsed seconds, never negative: a receipt stamped before its message (clock skew) counts as 0."""
+    return max(0.0, (end - start).total_seconds())
+
+
+def actor_of(sender_type: str, sender_id: str | None) -> str:
+    return f"{sender_type}:{sender_id or ''}"
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationRow:
+    id: uuid.UUID
+    customer_id: uuid.UUID
+    channel: str
+    business_number_id: str
+    state: str
+    started_at: dt.datetime
+    ended_at: dt.datetime | None  # closed or expired: when
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    direction: str
+    sender_type: str
+    sender_id: str | None
+    occurred_at: dt.datetime
+    delivered_at: dt.datetime | None
+    read_at: dt.datetime | None
+    status: str
+    failure_code: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStint:
+    agent_id: str
+    joined_at: dt.datetime
+    left_at: dt.datetime | None
+
+
+@dataclass
+class ConversationFacts:
+    """The rows of the projection for one conversation."""
+
+    facts: dict[tuple[dt.datetime, str], dict[str, float]] = field(default_factory=dict)
+    failures: dict[tuple[dt.datetime, str, str], int] = field(default_factory=lambda: defaultdict(int))
+    summary: dict[str, Any] = field(default_factory=dict)
+    sessions: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, moment: dt.datetime, actor: str, **amounts: float) -> None:
+        row = self.facts.setdefault((bucket_of(moment), actor), dict.fromkeys(FACT_COLUMNS, 0))
+        for name, amount in amounts.items():
+            row[name] += amount
+
+
+def conversation_agent(messages: Sequence[MessageRow], stints: Sequence[AgentStint]) -> str:
+    """Who the conversation is credited to as a whole: the agent who first answered the customer, else
+    the first agent who joined it, else the first agent who wrote in it; "" if no agent took part."""
+    waiting = False
+    for message in messages:
+        if message.direction == "inbound":
+            waiting = True
+        elif waiting and message.sender_type == "agent":
+            return actor_of("agent", message.sender_id)
+        elif waiting and message.sender_type in RESPONDERS:
+            break  # a bot answered first: the agent is whoever joined or wrote
+    if stints:
+        return actor_of("agent", min(stints, key=lambda stint: stint.joined_at).agent_id)
+    for message in messages:
+        if message.direction == "outbound" and message.sender_type == "agent":
+            return actor_of("agent", message.sender_id)
+    return ""
+
+
+def compute(
+    conversation: ConversationRow,
+    messages: Sequence[MessageRow],
+    stints: Sequence[AgentStint],
+    *,
+    previous_close: dt.datetime | None,
+    now: dt.datetime,
+) -> ConversationFacts:
+    """The facts of one conversation. `messages` in any order; `previous_close` is the latest close of
+    the same customer's conversation on the same number before this one started."""
+    ordered = sorted(messages, key=lambda message: message.occurred_at)
+    agent = conversation_agent(ordered, stints)
+    out = ConversationFacts()
+
+    out.add(
+        conversation.started_at,
+        agent,
+        started=1,
+        conversation_messages=len(ordered),
+        reopened=int(
+            previous_close is not None and conversation.started_at - previous_close <= REOPEN_WINDOW
+        ),
+    )
+    ended = conversation.ended_at
+    if ended is not None and conversation.state in ("closed", "expired"):
+        duration = seconds_between(conversation.started_at, ended)
+        if conversation.state == "closed":
+            out.add(ended, agent, closed=1, resolution_seconds=duration, ended_seconds=duration)
+        else:
+            out.add(ended, agent, expired=1, ended_seconds=duration)
+
+    first_inbound: dt.datetime | None = None
+    answered_once = False
+    turn_started: dt.datetime | None = None  # the first customer message not answered yet
+    turn_last: dt.datetime | None = None  # the latest one: the reply window runs from it
+    for message in ordered:
+        at = message.occurred_at
+        if message.direction == "inbound":
+            out.add(at, agent, inbound=1)
+            first_inbound = first_inbound or at
+            turn_started = turn_started or at
+            turn_last = at
+            continue
+        sender = actor_of(message.sender_type, message.sender_id)
+        _outbound(out, message, sender)
+        if message.sender_type not in RESPONDERS or turn_started is None or turn_last is None:
+            continue
+        out.add(at, sender, replies=1, reply_seconds=seconds_between(turn_started, at))
+        if not answered_once and first_inbound is not None:
+            out.add(at, sender, first_responses=1, first_response_seconds=seconds_between(first_inbound, at))
+            answered_once = True
+        window_ends = turn_last + REPLY_WINDOW
+        if at > window_ends:
+            out.add(window_ends, agent, windows_lapsed=1)
+        turn_started = turn_last = None
+
+    pending_window_ends_at = None
+    if turn_last is not None:  # the customer's last message(s) had no answer
+        window_ends = turn_last + REPLY_WINDOW
+        if window_ends <= now:
+            out.add(window_ends, agent, windows_lapsed=1)
+        else:
+            pending_window_ends_at = window_ends
+        if conversation.state == "expired" and ended is not None:
+            out.add(ended, agent, unanswered=1)
+
+    out.summary = {
+        "conversation_id": conversation.id,
+        "customer_id": conversation.customer_id,
+        "channel": conversation.channel,
+        "business_number_id": conversation.business_number_id,
+        "actor": agent,
+        "state": conversation.state,
+        "started_at": conversation.started_at,
+        "ended_at": ended,
+        "pending_window_ends_at": pending_window_ends_at,
+        "projected_at": now,
+    }
+    out.sessions = [
+        {
+            "conversation_id": conversation.id,
+            "agent": actor_of("agent", stint.agent_id),
+            "joined_at": stint.joined_at,
+            "left_at": stint.left_at,
+            "business_number_id": conversation.business_number_id,
+        }
+        for stint in stints
+    ]
+    return out
+
+
+def _outbound(out: ConversationFacts, message: MessageRow, sender: str) -> None:
+    at = message.occurred_at
+    out.add(at, sender, outbound=1)
+    reached = message.delivered_at or message.read_at  # read implies delivered, even unreported
+    if reached is not None:
+        out.add(at, sender, delivered=1)
+    if message.delivered_at is not None:
+        out.add(at, sender, delivery_timed=1, delivery_seconds=seconds_between(at, message.delivered_at))
+    if message.read_at is not None:
+        out.add(at, sender, read=1, read_seconds=seconds_between(at, message.read_at))
+    if message.status == "failed":
+        out.add(at, sender, failed=1)
+        out.failures[(bucket_of(at), sender, message.failure_code or "unknown")] += 1

@@ -1,0 +1,380 @@
+"""Keeps the analytics projection up to date: reads each tenant's numbered events after its progress,
+and projects again every conversation they name, from the source rows (analytics/facts.py).
+
+One step is one bounded batch in one transaction, under a per-tenant lock, that also moves the progress:
+a crash loses at most a batch that is done again. Projecting a conversation replaces its rows whole, so
+doing it twice, or for an event it had already seen, changes nothing. A tenant without progress (new, or
+after a restore) is first rebuilt from the live tables, in conversation-ID order, resumably.
+
+Every instance runs a projector in the background (every ANALYTICS_REFRESH_SECONDS, skipping tenants
+another instance is working on), and a report first catches its tenant up, within a budget, so that it
+reflects every write acknowledged before it was asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from state_manager.analytics import facts as F
+from state_manager.analytics.models import (
+    analytics_agent_sessions,
+    analytics_conversations,
+    analytics_facts,
+    analytics_failures,
+    analytics_progress,
+)
+from state_manager.conversations.models import conversations, participants
+from state_manager.db import Database
+from state_manager.db.database import dialect_insert
+from state_manager.db.locks import lock_names, try_lock_name
+from state_manager.db.types import utcnow
+from state_manager.events import repository as events_repo
+from state_manager.events.models import events
+from state_manager.messages.models import messages
+from state_manager.tenants.models import tenants
+
+log = logging.getLogger("state_manager.analytics")
+
+EVENTS_PER_STEP = 2000
+CONVERSATIONS_PER_STEP = 500
+LOCK_WAIT_SECONDS = 10.0
+
+
+def projector_lock(tenant_id: str) -> str:
+    return f"analytics:{tenant_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """How much of the tenant's history a report reflects."""
+
+    rebuilding: bool
+    events_behind: int
+
+    @property
+    def complete(self) -> bool:
+        return not self.rebuilding and self.events_behind == 0
+
+
+async def step(db: Database, tenant_id: str, *, wait: bool = True) -> bool | None:
+    """One batch of projection work for the tenant; True if more is waiting. With `wait=False`, None if
+    another transaction is working on the tenant."""
+    async with db.transaction(tenant_id, write=True, lock_timeout=LOCK_WAIT_SECONDS) as conn:
+        if wait:
+            await lock_names(conn, [projector_lock(tenant_id)])
+        elif not await try_lock_name(conn, projector_lock(tenant_id)):
+            return None
+        progress = (
+            await conn.execute(select(analytics_progress).where(analytics_progress.c.tenant_id == tenant_id))
+        ).first()
+        if progress is None or (
+            not progress.rebuilding and progress.last_seq < await events_repo.trimmed_through(conn, tenant_id)
+        ):
+            # Never projected, or retention removed events it had not read: start again from the tables.
+            await _start_rebuild(conn, tenant_id)
+            return True
+        if progress.rebuilding:
+            return await _rebuild_batch(conn, tenant_id, progress.rebuild_after)
+        return await _events_batch(conn, tenant_id, int(progress.last_seq))
+
+
+async def catch_up(db: Database, tenant_id: str, *, max_steps: int) -> Freshness:
+    """Works on the tenant's projection until it is current or `max_steps` batches are done."""
+    for _ in range(max_steps):
+        if not await step(db, tenant_id):
+            break
+    return await freshness(db, tenant_id)
+
+
+async def freshness(db: Database, tenant_id: str) -> Freshness:
+    async with db.transaction(tenant_id, write=False) as conn:
+        progress = (
+            await conn.execute(
+                select(analytics_progress.c.last_seq, analytics_progress.c.rebuilding).where(
+                    analytics_progress.c.tenant_id == tenant_id
+                )
+            )
+        ).first()
+        head = await events_repo.head(conn, tenant_id)
+    if progress is None:
+        return Freshness(rebuilding=True, events_behind=head)
+    return Freshness(
+        rebuilding=bool(progress.rebuilding), events_behind=max(0, head - int(progress.last_seq))
+    )
+
+
+async def rebuild(db: Database, tenant_id: str) -> int:
+    """Projects every live conversation of the tenant again, then its events since; returns the steps."""
+    async with db.transaction(tenant_id, write=True, lock_timeout=LOCK_WAIT_SECONDS) as conn:
+        await lock_names(conn, [projector_lock(tenant_id)])
+        await _start_rebuild(conn, tenant_id)
+    steps = 1
+    while await step(db, tenant_id):
+        steps += 1
+    return steps
+
+
+async def _start_rebuild(conn: AsyncConnection, tenant_id: str) -> None:
+    # Events numbered from here on are read after the rebuild: whatever they changed, the rebuild may
+    # or may not have seen, and projecting a conversation twice is harmless.
+    values = {
+        "last_seq": await events_repo.head(conn, tenant_id),
+        "rebuilding": True,
+        "rebuild_after": None,
+        "updated_at": utcnow(),
+    }
+    statement = dialect_insert(conn.dialect.name)(analytics_progress).values(tenant_id=tenant_id, **values)
+    await conn.execute(statement.on_conflict_do_update(index_elements=["tenant_id"], set_=values))
+
+
+async def _rebuild_batch(conn: AsyncConnection, tenant_id: str, after: uuid.UUID | None) -> bool:
+    c = conversations.c
+    query = select(c.id).where(c.tenant_id == tenant_id).order_by(c.id).limit(CONVERSATIONS_PER_STEP)
+    if after is not None:
+        query = query.where(c.id > after)
+    ids = list((await conn.execute(query)).scalars())
+    await project(conn, tenant_id, ids)
+    done = len(ids) < CONVERSATIONS_PER_STEP
+    now = utcnow()
+    values: dict[str, Any] = {"rebuild_after": ids[-1] if ids else after, "updated_at": now}
+    if done:
+        values.update(rebuilding=False, rebuild_after=None, rebuilt_at=now)
+    await conn.execute(
+        update(analytics_progress).where(analytics_progress.c.tenant_id == tenant_id).values(**values)
+    )
+    return True  # after the last batch, the events since the rebuild began are read
+
+
+async def _events_batch(conn: AsyncConnection, tenant_id: str, last_seq: int) -> bool:
+    head = await events_repo.head(conn, tenant_id)
+    if head <= last_seq:
+        return False
+    through = min(head, last_seq + EVENTS_PER_STEP)
+    e = events.c
+    named = (
+        select(e.conversation_id)
+        .where(
+            e.tenant_id == tenant_id,
+            e.seq > last_seq,
+            e.seq <= through,
+            e.conversation_id.is_not(None),
+        )
+        .distinct()
+    )
+    ids = list((await conn.execute(named)).scalars())
+    for chunk in _chunks(ids, CONVERSATIONS_PER_STEP):
+        await project(conn, tenant_id, chunk)
+    await conn.execute(
+        update(analytics_progress)
+        .where(analytics_progress.c.tenant_id == tenant_id)
+        .values(last_seq=through, updated_at=utcnow())
+    )
+    return through < head
+
+
+def _chunks(items: Sequence[uuid.UUID], size: int) -> Iterable[Sequence[uuid.UUID]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+async def project(conn: AsyncConnection, tenant_id: str, ids: Sequence[uuid.UUID]) -> int:
+    """Replaces the projection of these conversations with one computed from their rows now. A
+    conversation no longer in the live tables (archived) keeps the rows it had."""
+    if not ids:
+        return 0
+    c, m, p = conversations.c, messages.c, participants.c
+    live = (
+        await conn.execute(
+            select(
+                c.id,
+                c.customer_id,
+                c.channel,
+                c.business_number_id,
+                c.state,
+                c.started_at,
+                c.closed_at,
+            ).where(c.tenant_id == tenant_id, c.id.in_(ids))
+        )
+    ).all()
+    if not live:
+        return 0
+    live_ids = [row.id for row in live]
+    by_conversation: dict[uuid.UUID, list[F.MessageRow]] = defaultdict(list)
+    message_rows = await conn.execute(
+        select(
+            m.conversation_id,
+            m.direction,
+            m.sender_type,
+            m.sender_id,
+            m.occurred_at,
+            m.delivered_at,
+            m.read_at,
+            m.status,
+            m.failure_code,
+        ).where(m.tenant_id == tenant_id, m.conversation_id.in_(live_ids))
+    )
+    for message in message_rows:
+        by_conversation[message.conversation_id].append(
+            F.MessageRow(
+                message.direction,
+                message.sender_type,
+                message.sender_id,
+                message.occurred_at,
+                message.delivered_at,
+                message.read_at,
+                message.status,
+                message.failure_code,
+            )
+        )
+    stints: dict[uuid.UUID, list[F.AgentStint]] = defaultdict(list)
+    stint_rows = await conn.execute(
+        select(p.conversation_id, p.participant_ref, p.joined_at, p.left_at).where(
+            p.tenant_id == tenant_id, p.conversation_id.in_(live_ids), p.role == "agent"
+        )
+    )
+    for stint in stint_rows:
+        stints[stint.conversation_id].append(
+            F.AgentStint(stint.participant_ref, stint.joined_at, stint.left_at)
+        )
+    closes = await _earlier_closes(conn, tenant_id, {row.customer_id for row in live})
+
+    now = utcnow()
+    fact_rows: list[dict[str, Any]] = []
+    failure_rows: list[dict[str, Any]] = []
+    summaries: list[dict[str, Any]] = []
+    sessions: list[dict[str, Any]] = []
+    for row in live:
+        conversation = F.ConversationRow(
+            row.id,
+            row.customer_id,
+            row.channel,
+            row.business_number_id,
+            row.state,
+            row.started_at,
+            row.closed_at,
+        )
+        previous = [
+            closed_at
+            for conversation_id, closed_at in closes.get((row.customer_id, row.business_number_id), ())
+            if conversation_id != row.id and closed_at <= row.started_at
+        ]
+        computed = F.compute(
+            conversation,
+            by_conversation[row.id],
+            stints[row.id],
+            previous_close=max(previous, default=None),
+            now=now,
+        )
+        for (bucket, actor), amounts in computed.facts.items():
+            fact_rows.append(
+                {
+                    "tenant_id": tenant_id,
+                    "conversation_id": row.id,
+                    "bucket": bucket,
+                    "actor": actor,
+                    "business_number_id": row.business_number_id,
+                    **amounts,
+                }
+            )
+        for (bucket, actor, code), count in computed.failures.items():
+            failure_rows.append(
+                {
+                    "tenant_id": tenant_id,
+                    "conversation_id": row.id,
+                    "bucket": bucket,
+                    "actor": actor,
+                    "business_number_id": row.business_number_id,
+                    "code": code,
+                    "failed": count,
+                }
+            )
+        summaries.append({"tenant_id": tenant_id, **computed.summary})
+        sessions.extend({"tenant_id": tenant_id, **session} for session in computed.sessions)
+
+    for table, rows in (
+        (analytics_facts, fact_rows),
+        (analytics_failures, failure_rows),
+        (analytics_conversations, summaries),
+        (analytics_agent_sessions, sessions),
+    ):
+        await conn.execute(
+            delete(table).where(table.c.tenant_id == tenant_id, table.c.conversation_id.in_(live_ids))
+        )
+        if rows:
+            await conn.execute(insert(table), rows)
+    return len(live)
+
+
+async def _earlier_closes(
+    conn: AsyncConnection, tenant_id: str, customer_ids: set[uuid.UUID]
+) -> dict[tuple[uuid.UUID, str], list[tuple[uuid.UUID, dt.datetime]]]:
+    """The closes of these customers' conversations, live or archived, by (customer, business number)."""
+    c, a = conversations.c, analytics_conversations.c
+    found: dict[tuple[uuid.UUID, str], list[tuple[uuid.UUID, dt.datetime]]] = defaultdict(list)
+    for query in (
+        select(c.customer_id, c.business_number_id, c.id, c.closed_at).where(
+            c.tenant_id == tenant_id, c.customer_id.in_(customer_ids), c.state == "closed"
+        ),
+        select(a.customer_id, a.business_number_id, a.conversation_id, a.ended_at).where(
+            and_(a.tenant_id == tenant_id, a.customer_id.in_(customer_ids), a.state == "closed")
+        ),
+    ):
+        for customer_id, number, conversation_id, closed_at in (await conn.execute(query)).tuples():
+            if closed_at is not None:
+                found[(customer_id, number)].append((conversation_id, closed_at))
+    return found
+
+
+class AnalyticsProjector:
+    """The background projector of one process."""
+
+    def __init__(self, db: Database, *, interval_seconds: float) -> None:
+        self.db = db
+        self.interval_seconds = interval_seconds
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        if self.interval_seconds > 0:
+            self._task = asyncio.create_task(self._every_interval(), name="analytics-projector")
+
+    async def close(self) -> None:
+        """Lets the batch in progress finish (a cancelled SQLite write can keep the write lock)."""
+        self._stopping.set()
+        if self._task is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._task), LOCK_WAIT_SECONDS)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _every_interval(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                async with self.db.transaction(None, write=False) as conn:
+                    every = list((await conn.execute(select(tenants.c.id).order_by(tenants.c.id))).scalars())
+                for tenant_id in every:
+                    # A read first: most tenants have nothing new, and SQLite has one writer.
+                    if self._stopping.is_set() or (await freshness(self.db, tenant_id)).complete:
+                        continue
+                    while not self._stopping.is_set() and await step(self.db, tenant_id, wait=False):
+                        pass
+                self.last_error = None
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("analytics projection failed; trying again", extra={"error": self.last_error})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval_seconds)
