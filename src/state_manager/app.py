@@ -23,6 +23,7 @@ from state_manager.compat.routes import router as compat_router
 from state_manager.context.routes import router as context_router
 from state_manager.conversations.routes import router as conversations_router
 from state_manager.customers.routes import router as customers_router
+from state_manager.dashboard.routes import router as dashboard_router
 from state_manager.db import open_database
 from state_manager.deps import Services
 from state_manager.events.routes import router as events_router
@@ -134,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(cache_admin.router)
     app.include_router(compat_router)
     app.include_router(analytics_router)
+    app.include_router(dashboard_router)
     return app
 
 
