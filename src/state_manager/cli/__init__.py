@@ -1,11 +1,23 @@
 """The `state-manager` command: serve, migrate, the directory of organizations, tenants and keys, replay,
-the cache, and the scheduled jobs (retention, expiry)."""
+the cache, the scheduled jobs (retention, expiry) and the analytics projection."""
 
 from __future__ import annotations
 
 import typer
 
-from state_manager.cli import backup, cache, check, customers, jobs, keys, migrate, replay, serve, tenants
+from state_manager.cli import (
+    analytics,
+    backup,
+    cache,
+    check,
+    customers,
+    jobs,
+    keys,
+    migrate,
+    replay,
+    serve,
+    tenants,
+)
 
 app = typer.Typer(
     name="state-manager",
@@ -30,5 +42,6 @@ app.add_typer(jobs.retention)
 app.add_typer(jobs.expiry)
 app.add_typer(jobs.jobs)
 app.add_typer(customers.customers)
+app.add_typer(analytics.analytics)
 
 __all__ = ["app"]
