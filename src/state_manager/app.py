@@ -15,6 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from state_manager import http_errors, startup
 from state_manager.analytics.projector import AnalyticsProjector
 from state_manager.analytics.routes import router as analytics_router
+from state_manager.analytics.system_routes import router as system_health_router
 from state_manager.audit.routes import router as audit_router
 from state_manager.cache import admin as cache_admin
 from state_manager.cache import open_lookup_cache
@@ -135,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(cache_admin.router)
     app.include_router(compat_router)
     app.include_router(analytics_router)
+    app.include_router(system_health_router)
     app.include_router(dashboard_router)
     return app
 
