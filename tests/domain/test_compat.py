@@ -8,10 +8,11 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
 from harness import Api
 
-from .helpers import Tenant, inbound, ok, parse_time, transition, wa_id, wamid
+from .helpers import Tenant, inbound, iso, ok, parse_time, record_message, transition, wa_id, wamid
 
 FORMATTED_KEYS = {
     "waId",
@@ -398,18 +399,56 @@ def test_stats_count_the_tenant_only(tenant: Tenant, other_tenant: Tenant) -> No
         "activeConversationsRaw": "1",
         "waitingConversations": 0,
         "totalMessagesToday": 3,
+        "avgResponseTime": 0,  # nobody answered yet
         "tenantId": tenant.id,
     }
     for path in ("/state/stats", "/state/stats/summary", "/stats/summary"):
-        assert ok(client.get(path)) == expected
+        found = ok(client.get(path))
+        assert parse_time(found.pop("timestamp")) is not None
+        assert found == expected
+    # An agent answers the second customer 90 s after the customer wrote: today's average.
+    second = inbound(
+        client, wa_id(), status=201, occurred_at=iso(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=100))
+    )
+    record_message(
+        client,
+        second["conversation_id"],
+        wamid=wamid(),
+        occurred_at=iso(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=10)),
+    )
+    assert ok(client.get("/state/stats"))["avgResponseTime"] == pytest.approx(90, abs=1)
     empty = ok(other_tenant.client.get("/state/stats"))
     assert (empty["totalMappings"], empty["totalMessages"], empty["tenantId"]) == (0, 0, other_tenant.id)
 
 
-def test_analytics_metrics_echo_the_query(tenant: Tenant) -> None:
-    query = {"metric": "messages", "interval": "day", "from": "2026-01-01", "to": "2026-01-31"}
-    assert ok(tenant.client.get("/state/analytics/metrics", params=query)) == query | {"data": []}
-    assert ok(tenant.client.get("/analytics/metrics", params={"metric": "m"})) == {"metric": "m", "data": []}
+def test_analytics_metrics_are_the_tenants_figures(tenant: Tenant, other_tenant: Tenant) -> None:
+    for moment in ("2026-01-05T10:00:00Z", "2026-01-05T11:00:00Z", "2026-01-07T09:00:00Z"):
+        inbound(tenant.client, wa_id(), status=201, occurred_at=moment)
+    query = {"metric": "messages", "interval": "day", "from": "2026-01-05", "to": "2026-01-08"}
+    for client, counts in ((tenant.client, [2, 0, 1]), (other_tenant.client, [0, 0, 0])):
+        for path in ("/state/analytics/metrics", "/analytics/metrics"):
+            found = ok(client.get(path, params=query))
+            assert (found["metric"], found["interval"], found["timezone"]) == ("messages", "day", "UTC")
+            assert found["from"] == "2026-01-05T00:00:00+00:00"
+            assert found["to"] == "2026-01-08T00:00:00+00:00"
+            assert [point["timestamp"][:10] for point in found["data"]] == [
+                "2026-01-05",
+                "2026-01-06",
+                "2026-01-07",
+            ]
+            assert [point["value"] for point in found["data"]] == counts
+    weekly = ok(
+        tenant.client.get(
+            "/state/analytics/metrics", params=query | {"metric": "started", "interval": "week"}
+        )
+    )
+    assert [point["value"] for point in weekly["data"]] == [3]
+    assert (
+        "unknown metric 'm'"
+        in legacy_error(tenant.client.get("/analytics/metrics", params={"metric": "m"}), 400)["error"]
+    )
+    legacy_error(tenant.client.get("/analytics/metrics", params={"interval": "minute"}), 400)
+    legacy_error(tenant.client.get("/analytics/metrics", params={"from": "soon"}), 400)
 
 
 def test_patch_conversation_drives_its_state(tenant: Tenant, other_tenant: Tenant) -> None:

@@ -110,14 +110,16 @@ def _ceil(moment: dt.datetime) -> dt.datetime:
     return floored if floored == moment else floored + BUCKET
 
 
-def window_of(params: Params, tz: ZoneInfo, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+def window_of(
+    params: Params, tz: ZoneInfo, now: dt.datetime, periods: int | None = None
+) -> tuple[dt.datetime, dt.datetime]:
     """[start, end) in UTC on bucket edges. By default the last few periods, the current one included."""
     end = _ceil(_moment(params.end, tz, "to") if params.end else now)
     if params.start:
         start = _floor(_moment(params.start, tz, "from"))
     else:
         first = end - BUCKET
-        for _ in range(DEFAULT_PERIODS[params.granularity] - 1):
+        for _ in range((periods or DEFAULT_PERIODS[params.granularity]) - 1):
             first = service.period_of(first, params.granularity, tz).astimezone(dt.UTC) - BUCKET
         start = service.period_of(first, params.granularity, tz).astimezone(dt.UTC)
     if end <= start:
@@ -145,10 +147,13 @@ REPORTS: dict[str, Callable[[Database, ReportRequest], Awaitable[dict[str, Any]]
 }
 
 
-async def run(db: Database, relay: EventRelay, scope: Scope, params: Params, kind: str) -> dict[str, Any]:
+async def run(
+    db: Database, relay: EventRelay, scope: Scope, params: Params, kind: str, *, periods: int | None = None
+) -> dict[str, Any]:
+    """The report `kind`; without `from`, it covers the last `periods` periods (default: a few)."""
     tz = await _zone(db, scope, params.tz)
     now = utcnow()
-    start, end = window_of(params, tz, now)
+    start, end = window_of(params, tz, now, periods)
     window = Window(
         start=start,
         end=end,

@@ -120,6 +120,10 @@ def message_metrics(sums: Mapping[str, float]) -> dict[str, float | None]:
     }
 
 
+CONVERSATION_METRICS = tuple(conversation_metrics(dict.fromkeys(FACT_COLUMNS, 0.0)))
+MESSAGE_METRICS = tuple(message_metrics(dict.fromkeys(FACT_COLUMNS, 0.0)))
+
+
 def _series(
     request: ReportRequest,
     by_bucket: Mapping[dt.datetime, Mapping[str, float]],

@@ -43,7 +43,8 @@ ColumnKind = Literal["text", "int", "bool", "uuid", "datetime", "json"]
 
 # Operational state of the running installation, not data: job_leases says which instance runs a job
 # until when; restored elsewhere it would keep a job from running until a dead holder's lease expired.
-# The analytics projection is derived from the other tables: a restore has it rebuilt (analytics/projector.py).
+# The analytics projection is derived from the other tables: a restore has it rebuilt
+# (analytics/projector.py).
 EXCLUDED_TABLES = frozenset(
     {
         "job_leases",

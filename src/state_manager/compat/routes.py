@@ -219,15 +219,19 @@ async def get_context(conversation_id: str, scope: CompatScope) -> dict[str, Any
 @router.get("/state/stats", summary="Counts of the tenant's conversations and messages")
 @router.get("/state/stats/summary", summary="The same as /state/stats")
 @router.get("/stats/summary", include_in_schema=False)
-async def stats(scope: CompatScope) -> Stats:
-    async with scope.read() as conn:
-        return await service.stats(conn, scope.tenant_id)
+async def stats(scope: CompatScope, services: ServicesDep) -> Stats:
+    return await service.stats(services.db, services.events.relay, scope.tenant_id)
 
 
-@router.get("/state/analytics/metrics", summary="The old stub: the parameters given and no data")
+@router.get(
+    "/state/analytics/metrics",
+    summary="One metric per hour, day or week (`metric`, `interval`, `from`, `to`): /v1/analytics figures",
+)
 @router.get("/analytics/metrics", include_in_schema=False)
-async def analytics_metrics(request: Request, scope: CompatScope) -> dict[str, Any]:
-    return service.analytics_metrics(request.query_params)
+async def analytics_metrics(request: Request, scope: CompatScope, services: ServicesDep) -> dict[str, Any]:
+    return await service.analytics_metrics(
+        services.db, services.events.relay, scope.tenant_id, request.query_params
+    )
 
 
 @router.api_route(

@@ -158,4 +158,6 @@ class Stats(BaseModel):
     activeConversationsRaw: str
     waitingConversations: int
     totalMessagesToday: int
+    avgResponseTime: float = Field(description="today's average first response time, seconds (0: none)")
+    timestamp: dt.datetime
     tenantId: str

@@ -21,13 +21,16 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from operator import itemgetter
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from state_manager.analytics import reporting
+from state_manager.analytics.service import CONVERSATION_METRICS, MESSAGE_METRICS, Granularity
 from state_manager.cache import Loaded, LookupCache
 from state_manager.cache.invalidation import conversations_tag, customer_tag, thread_tag
 from state_manager.cache.lookups import LEGACY_MAPPING
@@ -58,6 +61,7 @@ from state_manager.db import Database
 from state_manager.db.types import utcnow
 from state_manager.deps import Services
 from state_manager.errors import BadRequest, Conflict, NotFound
+from state_manager.events.relay import EventRelay
 from state_manager.messages import service as messages
 from state_manager.messages.models import messages as messages_table
 from state_manager.messages.schemas import (
@@ -499,28 +503,35 @@ async def get_context(conn: AsyncConnection, tenant_id: str, genesys_conversatio
 # Statistics
 
 
-async def stats(conn: AsyncConnection, tenant_id: str) -> Stats:
-    """Counts of the tenant's own conversations and messages."""
+async def stats(db: Database, relay: EventRelay, tenant_id: str) -> Stats:
+    """Counts of the tenant's own conversations and messages; "today" and the average first response
+    time of today's answers (seconds; 0 when none yet) in the tenant's time zone."""
+    today = await reporting.run(
+        db,
+        relay,
+        reporting.Scope(tenant_ids=(tenant_id,), tenant_id=tenant_id),
+        reporting.Params(None, None, Granularity.DAY, None, None, None),
+        "conversations",
+        periods=1,
+    )
+    midnight = dt.datetime.fromisoformat(today["from"].isoformat()).astimezone(dt.UTC)
     c, m = conversations_table.c, messages_table.c
-    by_state = {
-        str(state): int(count)
-        for state, count in (
+    async with db.transaction(tenant_id, write=False) as conn:
+        by_state = {
+            str(state): int(count)
+            for state, count in (
+                await conn.execute(
+                    select(c.state, func.count()).where(c.tenant_id == tenant_id).group_by(c.state)
+                )
+            ).all()
+        }
+        total_messages, messages_today = (
             await conn.execute(
-                select(c.state, func.count()).where(c.tenant_id == tenant_id).group_by(c.state)
+                select(func.count(), func.count().filter(m.occurred_at >= midnight)).where(
+                    m.tenant_id == tenant_id
+                )
             )
-        ).all()
-    }
-    total_messages = (
-        await conn.execute(select(func.count()).select_from(messages_table).where(m.tenant_id == tenant_id))
-    ).scalar_one()
-    midnight = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
-    today = (
-        await conn.execute(
-            select(func.count())
-            .select_from(messages_table)
-            .where(m.tenant_id == tenant_id, m.occurred_at >= midnight)
-        )
-    ).scalar_one()
+        ).one()
     active = sum(count for state, count in by_state.items() if ConversationState(state) in OPEN_STATES)
     return Stats(
         totalMappings=sum(by_state.values()),
@@ -528,15 +539,65 @@ async def stats(conn: AsyncConnection, tenant_id: str) -> Stats:
         activeConversations=active,
         activeConversationsRaw=str(active),
         waitingConversations=by_state.get(ConversationState.WAITING.value, 0),
-        totalMessagesToday=int(today),
+        totalMessagesToday=int(messages_today),
+        avgResponseTime=today["totals"]["first_response_avg_seconds"] or 0,
+        timestamp=utcnow(),
         tenantId=tenant_id,
     )
 
 
-def analytics_metrics(query: Mapping[str, str]) -> dict[str, Any]:
-    """The old stub: the parameters given, and no data points."""
-    answer: dict[str, Any] = {
-        name: query[name] for name in ("metric", "interval", "from", "to") if query.get(name) is not None
+def _sum_of(*names: str) -> Callable[[Mapping[str, Any]], Any]:
+    return lambda row: sum(row[name] or 0 for name in names)
+
+
+# What `metric` may name: every figure of the conversation and message reports by its own name, and the
+# names the old service's callers are likely to send.
+_ALIASES: dict[str, tuple[str, Callable[[Mapping[str, Any]], Any]]] = {
+    "conversations": ("conversations", itemgetter("started")),
+    "messages": ("messages", _sum_of("inbound", "outbound")),
+    "response_time": ("conversations", itemgetter("first_response_avg_seconds")),
+    "resolution_time": ("conversations", itemgetter("resolution_avg_seconds")),
+}
+_INTERVALS = {
+    "hour": Granularity.HOUR,
+    "hourly": Granularity.HOUR,
+    "1h": Granularity.HOUR,
+    "day": Granularity.DAY,
+    "daily": Granularity.DAY,
+    "1d": Granularity.DAY,
+    "week": Granularity.WEEK,
+    "weekly": Granularity.WEEK,
+    "1w": Granularity.WEEK,
+}
+
+
+def _metric(name: str) -> tuple[str, Callable[[Mapping[str, Any]], Any]]:
+    if name in _ALIASES:
+        return _ALIASES[name]
+    for report, names in (("conversations", CONVERSATION_METRICS), ("messages", MESSAGE_METRICS)):
+        if name in names:
+            return report, itemgetter(name)
+    known = sorted({*_ALIASES, *CONVERSATION_METRICS, *MESSAGE_METRICS})
+    raise CompatError(400, f"unknown metric {name!r}; one of: {', '.join(known)}")
+
+
+async def analytics_metrics(
+    db: Database, relay: EventRelay, tenant_id: str, query: Mapping[str, str]
+) -> dict[str, Any]:
+    """One metric per period: `{metric, interval, from, to, timezone, data: [{timestamp, value}]}`."""
+    metric, interval = query.get("metric") or "conversations", query.get("interval") or "day"
+    if interval not in _INTERVALS:
+        raise CompatError(400, f"unknown interval {interval!r}; one of: hour, day, week")
+    report, value_of = _metric(metric)
+    params = reporting.Params(query.get("from"), query.get("to"), _INTERVALS[interval], None, None, None)
+    found = await reporting.run(
+        db, relay, reporting.Scope(tenant_ids=(tenant_id,), tenant_id=tenant_id), params, report
+    )
+    return {
+        "metric": metric,
+        "interval": interval,
+        "from": found["from"].isoformat(),
+        "to": found["to"].isoformat(),
+        "timezone": found["timezone"],
+        "data": [{"timestamp": row["period"], "value": value_of(row)} for row in found["series"]],
     }
-    answer["data"] = []
-    return answer
