@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.analytics import facts as F
 from state_manager.analytics.models import (
+    ANALYTICS_TABLES,
     analytics_agent_sessions,
     analytics_conversations,
     analytics_facts,
@@ -123,6 +124,14 @@ async def rebuild(db: Database, tenant_id: str) -> int:
     while await step(db, tenant_id):
         steps += 1
     return steps
+
+
+async def rebuild_after_restore(conn: AsyncConnection, tenant_ids: Sequence[str], *, replaced: bool) -> None:
+    """Restored tenants are projected again from their tables. After a --replace the old projection goes
+    too: it described data that is gone (archived conversations included)."""
+    tables = ANALYTICS_TABLES if replaced else (analytics_progress,)
+    for table in tables:
+        await conn.execute(delete(table).where(table.c.tenant_id.in_(tenant_ids)))
 
 
 async def _start_rebuild(conn: AsyncConnection, tenant_id: str) -> None:

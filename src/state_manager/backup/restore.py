@@ -23,6 +23,7 @@ from sqlalchemy import Table, func, literal, literal_column, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from state_manager.analytics.projector import rebuild_after_restore
 from state_manager.audit import service as audit
 from state_manager.audit.models import audit_log
 from state_manager.backup.format import (
@@ -136,6 +137,7 @@ async def restore(
         if db.name == "postgresql":
             await _reset_identities(conn, tables)
         await _relay_after_restore(conn, list(manifest.tenants))
+        await rebuild_after_restore(conn, list(manifest.tenants), replaced=replace)
         present = list(
             (await conn.execute(select(tenants.c.id).where(tenants.c.id.in_(manifest.tenants)))).scalars()
         )
