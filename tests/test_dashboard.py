@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from conftest import unavailable
-from domain.helpers import genesys_id, inbound, ok, record_message, transition, wa_id
+from domain.helpers import inbound, ok, record_message, transition, wa_id, wamid
 from harness import Api, Server, TcpProxy, Tenant, eventually
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -69,8 +69,11 @@ class Page:
         self.page = self.context.new_page()
         self.errors: list[str] = []
         self.expected_statuses: set[int] = set()  # failed requests the test caused on purpose
+        self.expect_socket_failures = False  # connections the test refuses on purpose
+        self.sockets: list[str] = []  # the URL of each WebSocket the page opened
         self.page.on("pageerror", lambda error: self.errors.append(f"page error: {error}"))
         self.page.on("console", self._console)
+        self.page.on("websocket", lambda socket: self.sockets.append(socket.url))
         self.base_url = base_url
         self.page.goto(f"{base_url}/dashboard")
 
@@ -79,6 +82,8 @@ class Page:
             return
         failed = re.match(r"Failed to load resource: .* status of (\d+)", message.text)
         if failed and int(failed.group(1)) in self.expected_statuses:
+            return
+        if self.expect_socket_failures and re.match(r"WebSocket connection to .* failed", message.text):
             return
         self.errors.append(message.text)
 
@@ -92,9 +97,12 @@ class Page:
     def wait_live(self) -> None:
         self.page.wait_for_selector("#connection[data-state=live]", timeout=10000)
 
-    def kpi(self, name: str) -> tuple[str | None, str]:
-        tile = self.page.locator(f'[data-kpi="{name}"]')
-        return tile.get_attribute("data-value"), tile.locator("dd").inner_text()
+    def tiles(self) -> dict[str, tuple[str, str]]:
+        """Each KPI tile's data-value and the text shown."""
+        found: list[list[str]] = self.page.locator("[data-kpi]").evaluate_all(
+            "tiles => tiles.map(t => [t.dataset.kpi, t.dataset.value, t.querySelector('dd').innerText])"
+        )
+        return {kpi: (value, text) for kpi, value, text in found}
 
     def bars(self, chart: str, series: str) -> dict[str, float]:
         found: dict[str, float] = {}
@@ -137,31 +145,85 @@ def tenant_client(api: Api, tenant: Tenant) -> httpx.Client:
 
 
 def some_activity(client: httpx.Client) -> tuple[str, str]:
-    """Two customers write in; an agent joins the first conversation and replies twice. Returns the two
-    conversations' IDs (the second is still pending)."""
+    """An afternoon's work, starting an hour ago: two customers write in; an agent joins the first
+    conversation and answers 90 s after its first message (one answer delivered and read, the second
+    failed with code 131047). Returns the two conversations' IDs (the second is still pending)."""
+    start = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=1)
+
+    def at(seconds: int) -> str:
+        return (start + dt.timedelta(seconds=seconds)).isoformat()
+
     first_customer = wa_id()
-    first = inbound(client, first_customer, BUSINESS_NUMBER)
-    inbound(client, first_customer, BUSINESS_NUMBER, text="are you there?")
-    second = inbound(client, wa_id(), BUSINESS_NUMBER)
+    first = inbound(client, first_customer, BUSINESS_NUMBER, occurred_at=at(0))
+    inbound(client, first_customer, BUSINESS_NUMBER, text="are you there?", occurred_at=at(30))
+    second = inbound(client, wa_id(), BUSINESS_NUMBER, occurred_at=at(60))
     conversation = first["conversation_id"]
     ok(
         client.post(
             f"/v1/conversations/{conversation}/participants",
-            json={"role": "agent", "participant_ref": AGENT, "display_name": "Ana"},
+            json={"role": "agent", "participant_ref": AGENT, "display_name": "Ana", "joined_at": at(80)},
         ),
         201,
     )
     assert transition(client, conversation, "active", "agent joined").status_code == 200
-    for text in ("Hello, how can I help?", "Anything else?"):
+    answers = [wamid(), wamid()]
+    for seconds, text, answer in zip(
+        (90, 150), ("Hello, how can I help?", "Anything else?"), answers, strict=True
+    ):
         record_message(
             client,
             conversation,
             sender_type="agent",
             sender_id=AGENT,
             text=text,
-            genesys_message_id=genesys_id(),
+            wamid=answer,
+            occurred_at=at(seconds),
         )
+    receipts = [
+        {"wamid": answers[0], "status": "delivered", "at": at(95)},
+        {"wamid": answers[0], "status": "read", "at": at(120)},
+        {
+            "wamid": answers[1],
+            "status": "failed",
+            "at": at(155),
+            "error": {"code": "131047", "title": "Re-engagement message"},
+        },
+    ]
+    ok(client.post("/v1/receipts", json={"receipts": receipts}))
     return conversation, second["conversation_id"]
+
+
+REPORTS = ("conversations", "messages", "customers", "agents")
+
+
+def reports(client: httpx.Client, **params: str) -> dict[str, Any]:
+    """The four analytics reports over the last 7 days by day (what the page asks for first), once every
+    change made so far is counted in them."""
+    now = dt.datetime.now(dt.UTC)
+    query = {"from": (now - dt.timedelta(days=7)).isoformat(), "to": now.isoformat(), "granularity": "day"}
+    query |= params
+
+    def complete() -> dict[str, Any] | None:
+        found = {part: ok(client.get(f"/v1/analytics/{part}", params=query)) for part in REPORTS}
+        return found if all(report["freshness"]["complete"] for report in found.values()) else None
+
+    answer: dict[str, Any] = eventually(complete, timeout=15)
+    return answer
+
+
+def tile_value(found: dict[str, Any], kpi: str) -> Any:
+    """What the API says for a KPI tile (`report.metric`, or `now.state`)."""
+    part, metric = kpi.split(".")
+    if part == "now":
+        return found["conversations"]["now"][metric]
+    return found[part]["totals"][metric]
+
+
+def js_string(value: Any) -> str:
+    """A number as the page writes it into data-value (JavaScript's String(); null as "")."""
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def last_event_seq(client: httpx.Client, conversation_id: str, event_type: str) -> int:
@@ -177,22 +239,17 @@ def last_event_seq(client: httpx.Client, conversation_id: str, event_type: str) 
     return seq
 
 
-def week_query() -> dict[str, str]:
-    """What the page asks for by default: the last 7 days by day."""
-    now = dt.datetime.now(dt.UTC)
-    return {"from": (now - dt.timedelta(days=7)).isoformat(), "to": now.isoformat(), "granularity": "day"}
-
-
 def test_dashboard_shows_the_tenants_kpis_and_its_live_feed(api: Api, open_page: Any, tmp_path: Path) -> None:
     tenant = api.new_tenant("Dashboard tenant")
     with tenant_client(api, tenant) as client:
         active, pending = some_activity(client)
-        window = week_query()
-        conversations = ok(client.get("/v1/analytics/conversations", params=window))
-        messages = ok(client.get("/v1/analytics/messages", params=window))
-        assert conversations["totals"]["started"] == 2, conversations["totals"]
-        assert messages["totals"]["inbound"] == 3, messages["totals"]
-        assert messages["totals"]["outbound"] == 2, messages["totals"]
+        found = reports(client)
+        assert found["conversations"]["totals"]["started"] == 2
+        assert found["conversations"]["totals"]["first_response_avg_seconds"] == 90
+        assert found["conversations"]["now"]["open"] == 2
+        assert found["messages"]["totals"]["inbound"] == 3
+        assert found["messages"]["totals"]["outbound"] == 2
+        assert found["messages"]["failure_codes"] == [{"code": "131047", "count": 1}]
 
         tab = open_page(api.base_url)
         page = tab.page
@@ -211,28 +268,35 @@ def test_dashboard_shows_the_tenants_kpis_and_its_live_feed(api: Api, open_page:
         assert page.evaluate("Object.keys(localStorage).length") == 0
         assert tenant.key in page.evaluate("JSON.stringify(sessionStorage)")
 
-        # KPI tiles: the exact figures of the API.
-        assert tab.kpi("conversations.started") == ("2", "2")
-        assert tab.kpi("messages.inbound") == ("3", "3")
-        assert tab.kpi("messages.outbound") == ("2", "2")
-        assert tab.kpi("now.open") == (str(conversations["now"]["open"]), str(conversations["now"]["open"]))
-        assert conversations["now"]["open"] == 2
-        first_response = conversations["totals"]["first_response_avg_seconds"]
-        assert first_response is not None
-        assert tab.kpi("conversations.first_response_avg_seconds")[0] == str_number(first_response)
-
-        # The started-conversations chart: one bar per period of the API's series, same values.
-        expected_bars = {
-            point["period"]: float(point["started"])
-            for point in conversations["series"]
-            if point["started"] is not None
+        # Every KPI tile holds the API's exact figure, written for people.
+        tiles = tab.tiles()
+        assert len(tiles) >= 20
+        assert {kpi: value for kpi, (value, _) in tiles.items()} == {
+            kpi: js_string(tile_value(found, kpi)) for kpi in tiles
         }
+        assert tiles["conversations.started"] == ("2", "2")
+        assert tiles["messages.inbound"] == ("3", "3")
+        assert tiles["now.open"] == ("2", "2")
+        assert tiles["conversations.first_response_avg_seconds"] == ("90", "1m 30s")
+        assert tiles["messages.failed_rate"] == ("0.5", "50%")
+        assert tiles["conversations.resolution_avg_seconds"] == ("", "—")  # nothing resolved yet
+
+        # The started-conversations chart: a bar per period of the API's series, with its value.
+        series = found["conversations"]["series"]
         shown = tab.bars("chart-started", "started")
-        assert {p: v for p, v in shown.items() if v} == {p: v for p, v in expected_bars.items() if v}
+        assert shown == {point["period"]: float(point["started"]) for point in series}
         assert sum(shown.values()) == 2
         tooltip = page.locator("#chart-started rect[data-series=started][data-value='2'] title")
         assert re.match(r"Started · .+: 2$", tooltip.text_content() or "")
         assert sum(tab.bars("chart-messages", "inbound").values()) == 3
+        hours = tab.bars("chart-hours", "inbound")
+        assert hours == {
+            str(row["hour"]): float(row["inbound"]) for row in found["customers"]["busiest_hours"]
+        }
+        assert sum(hours.values()) == 3
+        # The failure-code table.
+        failure = page.locator('#failures-table tr[data-code="131047"]')
+        assert failure.locator("td").all_inner_texts() == ["131047", "1"]
 
         # The agents table names the agent who replied.
         agent_row = page.locator(f'#agents-table tr[data-agent="{AGENT}"]')
@@ -255,18 +319,31 @@ def test_dashboard_shows_the_tenants_kpis_and_its_live_feed(api: Api, open_page:
 
         page.screenshot(path=str(tmp_path / f"dashboard-{api.backend}.png"), full_page=True)
 
-
-def str_number(value: float) -> str:
-    """A number as JavaScript's String() writes it (2.0 -> "2")."""
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+        # The filters reach the API: another business number has nothing; this one has everything.
+        page.fill("#business-number", "bn-nobody")
+        page.click("#apply")
+        page.wait_for_selector("body[data-analytics=loaded]")
+        assert tab.tiles()["conversations.started"] == ("0", "0")
+        page.fill("#business-number", BUSINESS_NUMBER)
+        page.click("#apply")
+        page.wait_for_selector("body[data-analytics=loaded]")
+        assert tab.tiles()["conversations.started"] == ("2", "2")
+        # The last 24 hours go by hour: the bars are the API's hourly series.
+        page.select_option("#range", "24h")
+        page.wait_for_selector("body[data-analytics=loaded]")
+        assert page.locator("#granularity").input_value() == "hour"
+        hourly = tab.bars("chart-started", "started")
+        assert len(hourly) >= 24
+        assert sum(hourly.values()) == 2
 
 
 def test_the_feed_reconnects_after_a_drop_and_misses_nothing(
     sqlite_server: Server, open_page: Any, tmp_path: Path
 ) -> None:
-    """Through a relay that cuts every connection: the indicator says disconnected, the page connects again
-    with `after=` the last number it saw, and an event made while it was away still shows. Signed in with the
-    admin key and a tenant ID (the WebSocket's `?tenant=`)."""
+    """Through a relay that cuts every connection and refuses new ones for a while: the indicator says
+    disconnected, the page tries again (backing off) until it connects, with `after=` the last number it saw,
+    and an event made while it was away shows. Signed in with the admin key and a tenant ID (the WebSocket's
+    `?tenant=`)."""
     with httpx.Client(base_url=sqlite_server.base_url, timeout=30) as http:
         api = Api(sqlite_server, http)
         tenant = api.new_tenant("Reconnecting tenant")
@@ -279,18 +356,27 @@ def test_the_feed_reconnects_after_a_drop_and_misses_nothing(
                 tab.sign_in(sqlite_server.admin_key, tenant.id)
                 tab.wait_live()
                 assert tenant.id in tab.page.locator("#tenant-label").inner_text()
-                assert tab.kpi("conversations.started")[0] == "1"
+                assert tab.tiles()["conversations.started"][0] == "1"
 
+                seen = max(int(seq) for seq in tab.feed_seqs())
+                first_socket = query_of(tab.sockets[0])
+                assert first_socket["tenant"] == tenant.id
+                assert first_socket["api_key"] == sqlite_server.admin_key
+
+                tab.expect_socket_failures = True
                 proxy.refusing = True
+                cut_at = time.monotonic()
                 proxy.cut()
                 tab.page.wait_for_selector("#connection[data-state=disconnected]", timeout=5000)
                 moved = transition(client, conversation, "active", "while the page was away")
                 assert moved.status_code == 200
                 seq = last_event_seq(client, conversation, "conversation.state_changed")
-                time.sleep(0.5)
+                time.sleep(max(0.0, cut_at + 2.5 - time.monotonic()))  # the first retry (after ~1 s) fails
                 proxy.refusing = False
 
                 tab.wait_live()
+                assert len(tab.sockets) >= 3, tab.sockets
+                assert query_of(tab.sockets[-1])["after"] == str(seen)
                 assert "pending → active" in tab.feed_item(seq).inner_text()
                 # Each event once, however many times the page connected.
                 seqs = tab.feed_seqs()
@@ -298,6 +384,10 @@ def test_the_feed_reconnects_after_a_drop_and_misses_nothing(
                 tab.page.screenshot(path=str(tmp_path / "dashboard-reconnected.png"), full_page=True)
         finally:
             proxy.close()
+
+
+def query_of(url: str) -> dict[str, str]:
+    return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
 
 
 def raw_get(server: Server, path: str) -> http.client.HTTPResponse:

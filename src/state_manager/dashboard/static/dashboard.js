@@ -55,7 +55,7 @@
     return formatNumber(value, 0);
   }
 
-  /** Seconds as "45s", "1m 30s", "2h 5m", "3d 4h": the two largest units. */
+  /** Seconds as "45s", "1m 30s", "2h 5m", "3d 4h", "2m": the two largest units, a zero second one left out. */
   function formatDuration(seconds) {
     if (seconds === null || seconds === undefined || !isFinite(seconds)) return '—';
     var total = Math.round(seconds);
@@ -75,6 +75,7 @@
         total -= amount * units[i][1];
       }
     }
+    if (parts.length === 2 && parts[1].charAt(0) === '0') parts.pop();
     return parts.join(' ');
   }
 
@@ -303,11 +304,14 @@
     if (query.agent) filters.push('agent ' + query.agent);
     if (filters.length) parts.push(filters.join(', '));
     var behind = 0;
+    var rebuilding = false;
     Object.keys(data).forEach(function (name) {
       var freshness = data[name] && data[name].freshness;
       if (freshness && !freshness.complete) behind = Math.max(behind, freshness.events_behind || 0);
+      if (freshness && freshness.rebuilding) rebuilding = true;
     });
-    if (behind) parts.push('still counting ' + formatCount(behind) + ' recent events');
+    if (rebuilding) parts.push('the figures are being rebuilt: they may be incomplete');
+    else if (behind) parts.push('still counting ' + formatCount(behind) + ' recent changes');
     return parts.join(' · ');
   }
 
@@ -330,12 +334,17 @@
     { id: 'conversations.first_response_avg_seconds', label: 'Avg first response', from: ['conversations', 'totals', 'first_response_avg_seconds'], format: 'duration' },
     { id: 'conversations.reply_avg_seconds', label: 'Avg reply time', from: ['conversations', 'totals', 'reply_avg_seconds'], format: 'duration' },
     { id: 'conversations.resolution_avg_seconds', label: 'Avg resolution', from: ['conversations', 'totals', 'resolution_avg_seconds'], format: 'duration' },
+    { id: 'conversations.duration_avg_seconds', label: 'Avg duration', from: ['conversations', 'totals', 'duration_avg_seconds'], format: 'duration' },
     { id: 'conversations.messages_per_conversation', label: 'Messages per conversation', from: ['conversations', 'totals', 'messages_per_conversation'], format: 'number' },
+    { id: 'conversations.reopened', label: 'Reopened', from: ['conversations', 'totals', 'reopened'], format: 'count' },
+    { id: 'conversations.windows_lapsed', label: 'Reply windows lapsed', from: ['conversations', 'totals', 'windows_lapsed'], format: 'count' },
     { id: 'messages.inbound', label: 'Messages in', from: ['messages', 'totals', 'inbound'], format: 'count' },
     { id: 'messages.outbound', label: 'Messages out', from: ['messages', 'totals', 'outbound'], format: 'count' },
     { id: 'messages.delivered_rate', label: 'Delivered', from: ['messages', 'totals', 'delivered_rate'], format: 'rate' },
     { id: 'messages.read_rate', label: 'Read', from: ['messages', 'totals', 'read_rate'], format: 'rate' },
     { id: 'messages.failed_rate', label: 'Failed', from: ['messages', 'totals', 'failed_rate'], format: 'rate' },
+    { id: 'messages.deliver_avg_seconds', label: 'Avg time to deliver', from: ['messages', 'totals', 'deliver_avg_seconds'], format: 'duration' },
+    { id: 'messages.read_avg_seconds', label: 'Avg time to read', from: ['messages', 'totals', 'read_avg_seconds'], format: 'duration' },
     { id: 'customers.customers', label: 'Customers', from: ['customers', 'totals', 'customers'], format: 'count' },
     { id: 'customers.new', label: 'New customers', from: ['customers', 'totals', 'new'], format: 'count' },
     { id: 'customers.returning', label: 'Returning customers', from: ['customers', 'totals', 'returning'], format: 'count' }
