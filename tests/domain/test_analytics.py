@@ -26,13 +26,14 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from harness import Api
+from harness import Api, eventually
 
 from .helpers import (
     Tenant,
@@ -373,3 +374,49 @@ def test_default_window_is_the_last_seven_days(tenant: Tenant) -> None:
     assert len(body["series"]) == 7
     assert body["series"][-1]["started"] == 1
     assert body["totals"]["started"] == 1
+
+
+# The projection itself
+
+
+REPORTS = ("conversations", "messages", "customers", "agents")
+
+
+def cli(api: Api, *args: str) -> str:
+    done = api.server.cli(*args)
+    assert done.returncode == 0, (args, done.stderr[-2000:])
+    return done.stdout
+
+
+def test_a_rebuild_from_the_tables_gives_what_the_events_built(
+    api: Api, fixture_tenant: tuple[Tenant, dict[str, str]]
+) -> None:
+    tenant, _ = fixture_tenant
+    built = {name: report(tenant.client, name) for name in REPORTS}
+    cli(api, "analytics", "rebuild", "--tenant", tenant.id)
+    assert {name: report(tenant.client, name) for name in REPORTS} == built
+
+
+def test_archived_conversations_stay_in_the_figures(
+    api: Api, fixture_tenant: tuple[Tenant, dict[str, str]]
+) -> None:
+    tenant, _ = fixture_tenant
+    built = {name: report(tenant.client, name) for name in REPORTS}
+    policy = {"settings": {"retention": {"closed_conversation_days": 1}}}
+    ok(api.admin("PATCH", f"/v1/admin/tenants/{tenant.id}", json=policy))
+    cli(api, "retention", "run", "--tenant", tenant.id)
+    listed = ok(tenant.client.get("/v1/conversations", params={"limit": 50}))["items"]
+    assert len(listed) == 1  # A, B and D were archived: only C is left in the live tables
+    assert {name: report(tenant.client, name) for name in REPORTS} == built
+    cli(api, "analytics", "rebuild", "--tenant", tenant.id)
+    assert {name: report(tenant.client, name) for name in REPORTS} == built
+
+
+def test_the_servers_keep_the_projection_current_by_themselves(api: Api, tenant: Tenant) -> None:
+    inbound(tenant.client, wa_id(), business_number())
+
+    def complete() -> bool:
+        [status] = json.loads(cli(api, "analytics", "status", "--tenant", tenant.id, "--json"))
+        return bool(status["complete"])
+
+    assert eventually(complete, timeout=30)  # every ANALYTICS_REFRESH_SECONDS (5 s), no report asked
