@@ -216,9 +216,9 @@ def test_customers_and_busiest_hours(fixture_tenant: tuple[Tenant, dict[str, str
     assert hours == {9: 4, 10: 1, 12: 1}
     assert [row["inbound"] for row in body["busiest_weekdays"]] == [6, 0, 0, 0, 0, 0, 0]
 
-    # The next week the same customer 1 comes back: returning, not new.
-    later = report(tenant.client, "customers", **{"from": "2026-11-03", "to": "2026-11-10"})["totals"]
-    assert later["customers"] == 0
+    # Tuesday's late answer to C started nothing: no customer that day.
+    tuesday = report(tenant.client, "customers", **{"from": "2026-11-03", "to": "2026-11-04"})["totals"]
+    assert (tuesday["customers"], tuesday["conversations_per_customer"]) == (0, None)
 
 
 def test_returning_customers(tenant: Tenant) -> None:
