@@ -158,10 +158,13 @@ class WebhookDispatcher:
 
     async def _poll(self, tenant_id: str) -> None:
         free = self._free()
+        # Off the list while claiming. A `notify` meanwhile (a retry committed, a send ended) puts the
+        # tenant back, due now, and that stands: the claim may have looked before that work was there.
+        self._due.pop(tenant_id, None)
         try:
             claimed, pending = await self._claim(tenant_id, free)
         except Exception as exc:
-            self._due[tenant_id] = time.monotonic() + self.settings.webhook_poll_seconds
+            self._look_again(tenant_id, self.settings.webhook_poll_seconds)
             self._failed("webhook deliveries not claimed; trying again", exc, tenant_id)
             return
         for item in claimed:
@@ -169,11 +172,15 @@ class WebhookDispatcher:
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
         if len(claimed) == free:
-            self._due[tenant_id] = time.monotonic()  # there may be more: claim again when a slot frees
+            self._look_again(tenant_id, 0.0)  # there may be more: claim again when a slot frees
         elif pending is not None:
-            self._due[tenant_id] = time.monotonic() + min(pending, self.settings.webhook_poll_seconds)
-        else:
-            self._due.pop(tenant_id, None)  # nothing left: until an enqueue, a retry or the sweep
+            self._look_again(tenant_id, min(pending, self.settings.webhook_poll_seconds))
+        # else nothing left: until an enqueue, a retry or the sweep (or a notify during the claim)
+
+    def _look_again(self, tenant_id: str, after: float) -> None:
+        """Claims for the tenant again in `after` seconds, or sooner if it was notified meanwhile."""
+        at = time.monotonic() + after
+        self._due[tenant_id] = min(at, self._due.get(tenant_id, at))
 
     async def _claim(self, tenant_id: str, limit: int) -> tuple[list[dict[str, Any]], float | None]:
         """The deliveries claimed, and when to look again: in WEBHOOK_POLL_SECONDS at the latest, sooner
