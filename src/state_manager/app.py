@@ -56,7 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         events = open_events(settings, db)
         webhooks = WebhookDispatcher(settings, db)
         scheduler = JobScheduler(settings, db, cache)
-        analytics = AnalyticsProjector(db, interval_seconds=settings.analytics_refresh_seconds)
+        analytics = AnalyticsProjector(db, sweep_seconds=settings.analytics_sweep_seconds)
+        events.relay.on_numbered.append(analytics.numbered)  # their conversations are projected at once
         events.relay.on_numbered.append(webhooks.on_numbered)  # deliveries written as events are numbered
         queues = None
         warming: asyncio.Task[None] | None = None

@@ -132,11 +132,12 @@ class Settings(BaseSettings):
         le=86_400,
         description="How long a job's holder may go silent before another instance takes the job over",
     )
-    analytics_refresh_seconds: float = Field(
-        default=5.0,
+    analytics_sweep_seconds: float = Field(
+        default=60.0,
         ge=0,
-        le=3600,
-        description="How often this process brings every tenant's analytics up to date (0: only when asked)",
+        le=86_400,
+        description="How often this process looks at every tenant's analytics for work another instance left "
+        "(the tenants whose events it numbers are projected at once); 0: only when a report asks",
     )
     archive_dir: Path | None = Field(
         default=None, description="Where retention writes archive files; unset = DATA_DIR/archives"

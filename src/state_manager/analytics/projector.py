@@ -6,9 +6,10 @@ a crash loses at most a batch that is done again. Projecting a conversation repl
 doing it twice, or for an event it had already seen, changes nothing. A tenant without progress (new, or
 after a restore) is first rebuilt from the live tables, in conversation-ID order, resumably.
 
-Every instance runs a projector in the background (every ANALYTICS_REFRESH_SECONDS, skipping tenants
-another instance is working on), and a report first catches its tenant up, within a budget, so that it
-reflects every write acknowledged before it was asked.
+Every instance runs a projector in the background: it projects at once the tenants whose events its relay
+has just numbered, and every ANALYTICS_SWEEP_SECONDS looks at every tenant for work an instance that died
+left behind, skipping tenants another instance is working on. A report first catches its tenant up, within
+a budget, so that it reflects every write acknowledged before it was asked.
 """
 
 from __future__ import annotations
@@ -346,22 +347,31 @@ async def _earlier_closes(
 
 
 class AnalyticsProjector:
-    """The background projector of one process."""
+    """The background projector of one process. The tenants whose events this process's relay numbers
+    are projected at once (`numbered` is the relay's hook: it only notes the tenant); every
+    `sweep_seconds` every tenant is looked at, for work another instance left behind."""
 
-    def __init__(self, db: Database, *, interval_seconds: float) -> None:
+    def __init__(self, db: Database, *, sweep_seconds: float) -> None:
         self.db = db
-        self.interval_seconds = interval_seconds
+        self.sweep_seconds = sweep_seconds
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._woken = asyncio.Event()
+        self._numbered: set[str] = set()
         self.last_error: str | None = None
 
     def start(self) -> None:
-        if self.interval_seconds > 0:
-            self._task = asyncio.create_task(self._every_interval(), name="analytics-projector")
+        if self.sweep_seconds > 0:
+            self._task = asyncio.create_task(self._run(), name="analytics-projector")
+
+    async def numbered(self, _conn: AsyncConnection, tenant_id: str, _events: Sequence[Any]) -> None:
+        self._numbered.add(tenant_id)
+        self._woken.set()
 
     async def close(self) -> None:
         """Lets the batch in progress finish (a cancelled SQLite write can keep the write lock)."""
         self._stopping.set()
+        self._woken.set()
         if self._task is None:
             return
         with contextlib.suppress(TimeoutError):
@@ -370,20 +380,33 @@ class AnalyticsProjector:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
 
-    async def _every_interval(self) -> None:
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time()
         while not self._stopping.is_set():
             try:
-                async with self.db.transaction(None, write=False) as conn:
-                    every = list((await conn.execute(select(tenants.c.id).order_by(tenants.c.id))).scalars())
-                for tenant_id in every:
-                    # A read first: most tenants have nothing new, and SQLite has one writer.
-                    if self._stopping.is_set() or (await freshness(self.db, tenant_id)).complete:
-                        continue
-                    while not self._stopping.is_set() and await step(self.db, tenant_id, wait=False):
-                        pass
+                if loop.time() >= next_sweep:
+                    next_sweep = loop.time() + self.sweep_seconds
+                    await self._work_on(await self._behind())
+                tenants_now, self._numbered = self._numbered, set()
+                await self._work_on(sorted(tenants_now))
                 self.last_error = None
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("analytics projection failed; trying again", extra={"error": self.last_error})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.interval_seconds)
+            if not self._numbered:
+                self._woken.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._woken.wait(), max(0.0, next_sweep - loop.time()))
+
+    async def _behind(self) -> list[str]:
+        async with self.db.transaction(None, write=False) as conn:
+            every = list((await conn.execute(select(tenants.c.id).order_by(tenants.c.id))).scalars())
+        # A read first: most tenants have nothing new, and SQLite has one writer.
+        return [tenant_id for tenant_id in every if not (await freshness(self.db, tenant_id)).complete]
+
+    async def _work_on(self, tenant_ids: Iterable[str]) -> None:
+        for tenant_id in tenant_ids:
+            # Another instance working on the tenant (the lock is taken): it does this work.
+            while not self._stopping.is_set() and await step(self.db, tenant_id, wait=False):
+                pass

@@ -1,6 +1,6 @@
 """`state-manager analytics status | refresh | rebuild`: the analytics projection, by hand.
 
-The servers keep it current by themselves (every ANALYTICS_REFRESH_SECONDS, and before each report);
+The servers keep it current by themselves (as their relays number events, and before each report);
 `rebuild` is for after a change in how facts are computed, or to check that the projection agrees with
 the tables. Both take the same per-tenant lock as the servers, so they can run beside them.
 """
@@ -75,7 +75,7 @@ def status(
 
 @analytics.command("refresh")
 def refresh(tenant: Annotated[str | None, TenantOption] = None) -> None:
-    """Bring the projection up to date now (what the servers do every ANALYTICS_REFRESH_SECONDS)."""
+    """Bring the projection up to date now (what the servers do as events are numbered)."""
     _each_tenant(tenant, rebuild=False)
 
 
