@@ -384,6 +384,9 @@ class AnalyticsProjector:
         loop = asyncio.get_running_loop()
         next_sweep = loop.time()
         while not self._stopping.is_set():
+            # Cleared before the work is taken: a tenant noted, or a stop, while this round works wakes
+            # the next wait at once.
+            self._woken.clear()
             try:
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + self.sweep_seconds
@@ -394,10 +397,8 @@ class AnalyticsProjector:
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("analytics projection failed; trying again", extra={"error": self.last_error})
-            if not self._numbered:
-                self._woken.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._woken.wait(), max(0.0, next_sweep - loop.time()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), max(0.0, next_sweep - loop.time()))
 
     async def _behind(self) -> list[str]:
         async with self.db.transaction(None, write=False) as conn:
