@@ -420,3 +420,48 @@ def test_the_servers_keep_the_projection_current_by_themselves(api: Api, tenant:
         return bool(status["complete"])
 
     assert eventually(complete, timeout=30)  # as the relay numbers the events, no report asked
+
+
+def test_concurrent_load_and_handle_time(tenant: Tenant) -> None:
+    """carol: X 10:00-10:30, Y 10:10-10:40, Z 10:30-10:50. At most two at once (leaving X and joining Z
+    at 10:30 do not overlap); 4,800 s in conversations over a day; three stints averaging 1,600 s."""
+    client = tenant.client
+    stints = [((0, 10, 0), (0, 10, 30)), ((0, 10, 10), (0, 10, 40)), ((0, 10, 30), (0, 10, 50))]
+    for joined, left in stints:
+        conversation = inbound(client, wa_id(), business_number(), occurred_at=at(0, 9, 59))[
+            "conversation_id"
+        ]
+        participant = _join(client, conversation, "u-carol", at(*joined))
+        ok(
+            client.post(
+                f"/v1/conversations/{conversation}/participants/{participant}/leave",
+                json={"left_at": at(*left)},
+            )
+        )
+    day = {"from": "2026-11-02", "to": "2026-11-03", "tz": "UTC"}
+    [carol] = report(client, "agents", **day)["agents"]
+    assert (carol["agent"], carol["conversations_handled"], carol["concurrent_peak"]) == ("u-carol", 3, 2)
+    assert (carol["handle_count"], carol["handle_avg_seconds"]) == (3, 1600.0)
+    assert carol["concurrent_avg"] == round(4800 / 86400, 3)
+    # Only the part inside the window counts: 10:30 to 10:45 holds 0 + 10 + 15 minutes of stints (X left
+    # as it began), and only Y ended inside it.
+    quarter = {"from": "2026-11-02T10:30:00Z", "to": "2026-11-02T10:45:00Z", "tz": "UTC"}
+    [carol] = report(client, "agents", granularity="hour", **quarter)["agents"]
+    assert carol["concurrent_avg"] == round((0 + 10 + 15) / 15, 3)
+    assert (carol["handle_count"], carol["handle_avg_seconds"], carol["concurrent_peak"]) == (1, 1800.0, 2)
+
+
+def test_customers_by_day_in_the_tenants_zone(fixture_tenant: tuple[Tenant, dict[str, str]]) -> None:
+    """In Pacific/Kiritimati (UTC+14) Monday 09:00-12:00 UTC is Monday 23:00 to Tuesday 02:00 there: A and D
+    (09:00, 09:05 UTC) fall on its Monday, B (10:00) and C (12:00) on its Tuesday. Customer 1 is new with A,
+    back with C; customer 2 is new with B."""
+    tenant, _ = fixture_tenant
+    body = report(
+        tenant.client, "customers", tz="Pacific/Kiritimati", **{"from": "2026-11-02", "to": "2026-11-04"}
+    )
+    assert [
+        (row["period"], row["customers"], row["new"], row["conversations"]) for row in body["series"]
+    ] == [
+        ("2026-11-02T00:00:00+14:00", 2, 2, 2),
+        ("2026-11-03T00:00:00+14:00", 2, 1, 2),
+    ]

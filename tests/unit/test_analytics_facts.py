@@ -71,11 +71,13 @@ def test_the_order_rows_arrive_in_changes_nothing(messages: list[MessageRow], or
     order.shuffle(shuffled)  # type: ignore[attr-defined]
     row = conversation("closed", START + dt.timedelta(days=4))
     stints = [AgentStint("u-1", START, None)]
-    one = compute(row, rows, stints, previous_close=None, now=NOW)
-    other = compute(row, shuffled, stints, previous_close=None, now=NOW)
+    one = compute(row, rows, stints, previous_close=None, customer_first=False, now=NOW)
+    other = compute(row, shuffled, stints, previous_close=None, customer_first=False, now=NOW)
     assert one.facts == other.facts
     assert dict(one.failures) == dict(other.failures)
     assert one.summary == other.summary
+    assert one.sessions == other.sessions
+    assert one.involvement == other.involvement
     # Whatever the conversation, each customer turn that got an answer is one reply, the first also a
     # first response, and every message is counted once.
     assert totals(one.facts, "first_responses") <= 1
@@ -86,7 +88,12 @@ def test_the_order_rows_arrive_in_changes_nothing(messages: list[MessageRow], or
 
 def test_a_run_of_customer_messages_is_one_wait_from_its_first() -> None:
     facts = compute(
-        conversation(), [customer(0), customer(60), reply(120)], [], previous_close=None, now=NOW
+        conversation(),
+        [customer(0), customer(60), reply(120)],
+        [],
+        previous_close=None,
+        customer_first=False,
+        now=NOW,
     ).facts
     assert totals(facts, "replies") == 1
     assert totals(facts, "reply_seconds") == 120
@@ -95,7 +102,12 @@ def test_a_run_of_customer_messages_is_one_wait_from_its_first() -> None:
 
 def test_messages_before_the_customer_wrote_are_not_responses() -> None:
     facts = compute(
-        conversation(), [reply(0, "system", None), customer(10), reply(70)], [], previous_close=None, now=NOW
+        conversation(),
+        [reply(0, "system", None), customer(10), reply(70)],
+        [],
+        previous_close=None,
+        customer_first=False,
+        now=NOW,
     ).facts
     assert (totals(facts, "first_responses"), totals(facts, "first_response_seconds")) == (1, 60)
     assert totals(facts, "outbound") == 2
@@ -107,6 +119,7 @@ def test_a_bot_answering_first_is_credited_and_the_agent_who_joined_owns_the_con
         [customer(0), reply(5, "bot", "helper"), customer(30), reply(90, "agent", "u-2")],
         [AgentStint("u-2", START + dt.timedelta(seconds=20), None)],
         previous_close=None,
+        customer_first=False,
         now=NOW,
     )
     first = {actor for (_, actor), row in computed.facts.items() if row["first_responses"]}
@@ -119,44 +132,69 @@ def test_a_bot_answering_first_is_credited_and_the_agent_who_joined_owns_the_con
 def test_reply_windows() -> None:
     late = compute(
         conversation(), [customer(0), customer(60), reply(REPLY_WINDOW.total_seconds() + 61)], [],
-        previous_close=None, now=NOW,
+        previous_close=None, customer_first=False, now=NOW,
     )  # fmt: skip
     lapsed = [bucket for (bucket, _), row in late.facts.items() if row["windows_lapsed"]]
     # The window runs from the latest customer message of the wait.
     assert lapsed == [bucket_of(START + dt.timedelta(seconds=60) + REPLY_WINDOW)]
 
     in_time = compute(conversation(), [customer(0), reply(REPLY_WINDOW.total_seconds())], [],
-                      previous_close=None, now=NOW)  # fmt: skip
+                      previous_close=None, customer_first=False, now=NOW)  # fmt: skip
     assert totals(in_time.facts, "windows_lapsed") == 0
 
     waiting = compute(
-        conversation(), [customer(0)], [], previous_close=None, now=START + dt.timedelta(hours=1)
+        conversation(),
+        [customer(0)],
+        [],
+        previous_close=None,
+        customer_first=False,
+        now=START + dt.timedelta(hours=1),
     )
     assert totals(waiting.facts, "windows_lapsed") == 0
     assert waiting.summary["pending_window_ends_at"] == START + REPLY_WINDOW
-    ended = compute(conversation(), [customer(0)], [], previous_close=None, now=NOW)
+    ended = compute(conversation(), [customer(0)], [], previous_close=None, customer_first=False, now=NOW)
     assert totals(ended.facts, "windows_lapsed") == 1
     assert ended.summary["pending_window_ends_at"] is None
 
 
 def test_unanswered_only_when_it_expired_waiting() -> None:
     expired = conversation("expired", START + dt.timedelta(hours=2))
-    assert totals(compute(expired, [customer(0)], [], previous_close=None, now=NOW).facts, "unanswered") == 1
-    answered = compute(expired, [customer(0), reply(10)], [], previous_close=None, now=NOW)
+    assert (
+        totals(
+            compute(expired, [customer(0)], [], previous_close=None, customer_first=False, now=NOW).facts,
+            "unanswered",
+        )
+        == 1
+    )
+    answered = compute(
+        expired, [customer(0), reply(10)], [], previous_close=None, customer_first=False, now=NOW
+    )
     assert totals(answered.facts, "unanswered") == 0
     closed = conversation("closed", START + dt.timedelta(hours=2))
-    assert totals(compute(closed, [customer(0)], [], previous_close=None, now=NOW).facts, "unanswered") == 0
+    assert (
+        totals(
+            compute(closed, [customer(0)], [], previous_close=None, customer_first=False, now=NOW).facts,
+            "unanswered",
+        )
+        == 0
+    )
 
 
 def test_receipt_times_before_the_message_count_as_zero() -> None:
     skewed = reply(100, delivered=START + dt.timedelta(seconds=90), read=START + dt.timedelta(seconds=160))
-    facts = compute(conversation(), [customer(0), skewed], [], previous_close=None, now=NOW).facts
+    facts = compute(
+        conversation(), [customer(0), skewed], [], previous_close=None, customer_first=False, now=NOW
+    ).facts
     assert (totals(facts, "delivery_seconds"), totals(facts, "read_seconds")) == (0, 60)
 
 
 def test_reopened_within_a_day_of_the_last_close() -> None:
-    within = compute(conversation(), [], [], previous_close=START - dt.timedelta(hours=23), now=NOW)
-    later = compute(conversation(), [], [], previous_close=START - dt.timedelta(hours=25), now=NOW)
+    within = compute(
+        conversation(), [], [], previous_close=START - dt.timedelta(hours=23), customer_first=False, now=NOW
+    )
+    later = compute(
+        conversation(), [], [], previous_close=START - dt.timedelta(hours=25), customer_first=False, now=NOW
+    )
     assert (totals(within.facts, "reopened"), totals(later.facts, "reopened")) == (1, 0)
 
 

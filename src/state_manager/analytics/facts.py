@@ -75,6 +75,7 @@ class ConversationFacts:
     failures: dict[tuple[dt.datetime, str, str], int] = field(default_factory=lambda: defaultdict(int))
     summary: dict[str, Any] = field(default_factory=dict)
     sessions: list[dict[str, Any]] = field(default_factory=list)
+    involvement: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, moment: dt.datetime, actor: str, **amounts: float) -> None:
         row = self.facts.setdefault((bucket_of(moment), actor), dict.fromkeys(FACT_COLUMNS, 0))
@@ -107,10 +108,12 @@ def compute(
     stints: Sequence[AgentStint],
     *,
     previous_close: dt.datetime | None,
+    customer_first: bool,
     now: dt.datetime,
 ) -> ConversationFacts:
     """The facts of one conversation. `messages` in any order; `previous_close` is the latest close of
-    the same customer's conversation on the same number before this one started."""
+    the same customer's conversation on the same number before this one started; `customer_first` says
+    whether it is the customer's first conversation with the tenant."""
     ordered = sorted(messages, key=lambda message: message.occurred_at)
     agent = conversation_agent(ordered, stints)
     out = ConversationFacts()
@@ -175,6 +178,7 @@ def compute(
         "actor": agent,
         "state": conversation.state,
         "started_at": conversation.started_at,
+        "customer_first": customer_first,
         "ended_at": ended,
         "pending_window_ends_at": pending_window_ends_at,
         "projected_at": now,
@@ -185,11 +189,48 @@ def compute(
             "agent": actor_of("agent", stint.agent_id),
             "joined_at": stint.joined_at,
             "left_at": stint.left_at,
+            "joined_s": stint.joined_at.timestamp(),
+            "left_s": None if stint.left_at is None else stint.left_at.timestamp(),
             "business_number_id": conversation.business_number_id,
         }
         for stint in stints
     ]
+    out.involvement = _involvement(conversation, ordered, stints)
     return out
+
+
+def _involvement(
+    conversation: ConversationRow, ordered: Sequence[MessageRow], stints: Sequence[AgentStint]
+) -> list[dict[str, Any]]:
+    """Per agent: from joining or first writing to leaving or last writing; open while still present."""
+    spans: dict[str, list[dt.datetime | None]] = {}
+    for stint in stints:
+        first, last = spans.setdefault(stint.agent_id, [stint.joined_at, stint.joined_at])
+        assert first is not None
+        spans[stint.agent_id] = [
+            min(first, stint.joined_at),
+            None if last is None or stint.left_at is None else max(last, stint.left_at),
+        ]
+    for message in ordered:
+        if message.direction != "outbound" or message.sender_type != "agent":
+            continue
+        agent_id = message.sender_id or ""
+        first, last = spans.setdefault(agent_id, [message.occurred_at, message.occurred_at])
+        assert first is not None
+        spans[agent_id] = [
+            min(first, message.occurred_at),
+            None if last is None else max(last, message.occurred_at),
+        ]
+    return [
+        {
+            "conversation_id": conversation.id,
+            "agent": actor_of("agent", agent_id),
+            "first_at": first,
+            "last_at": last,
+            "business_number_id": conversation.business_number_id,
+        }
+        for agent_id, (first, last) in spans.items()
+    ]
 
 
 def _outbound(out: ConversationFacts, message: MessageRow, sender: str) -> None:

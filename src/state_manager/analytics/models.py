@@ -94,6 +94,8 @@ analytics_conversations = Table(
     Column("actor", String(160), nullable=False),  # the conversation's agent, as in analytics_facts
     Column("state", String(16), nullable=False),
     Column("started_at", UTCDateTime, nullable=False),
+    # The customer's first conversation with the tenant (live or archived) when it was projected.
+    Column("customer_first", Boolean, nullable=False),
     Column("ended_at", UTCDateTime, nullable=True),
     # The reply window of a customer message still unanswered, when it had not ended at projection time:
     # it lapses at this moment unless an answer comes (which projects the conversation again).
@@ -111,7 +113,8 @@ analytics_conversations = Table(
     ),
 )
 
-# An agent's time in a conversation, joined to left: handle time and concurrent load.
+# An agent's time in a conversation, joined to left: handle time and concurrent load. The times are also
+# kept as epoch seconds, so that overlaps with a report's window add up in SQL on either database.
 analytics_agent_sessions = Table(
     "analytics_agent_sessions",
     metadata,
@@ -120,9 +123,26 @@ analytics_agent_sessions = Table(
     Column("agent", String(160), nullable=False),  # "agent:<id>"
     Column("joined_at", UTCDateTime, nullable=False),
     Column("left_at", UTCDateTime, nullable=True),
+    Column("joined_s", Float, nullable=False),
+    Column("left_s", Float, nullable=True),
     Column("business_number_id", String(64), nullable=False),
     PrimaryKeyConstraint("tenant_id", "conversation_id", "agent", "joined_at"),
     Index(None, "tenant_id", "joined_at"),
+)
+
+# An agent's part in a conversation, from joining or first writing to leaving or last writing (open while
+# still present): the conversations an agent handled, one row each.
+analytics_agent_involvement = Table(
+    "analytics_agent_involvement",
+    metadata,
+    Column("tenant_id", String(64), nullable=False),
+    Column("conversation_id", Uuid, nullable=False),
+    Column("agent", String(160), nullable=False),
+    Column("first_at", UTCDateTime, nullable=False),
+    Column("last_at", UTCDateTime, nullable=True),  # null: still in it
+    Column("business_number_id", String(64), nullable=False),
+    PrimaryKeyConstraint("tenant_id", "conversation_id", "agent"),
+    Index(None, "tenant_id", "first_at"),
 )
 
 # How far the projection got: every event up to last_seq is reflected. No row: the tenant's projection
@@ -141,10 +161,12 @@ analytics_progress = Table(
     PrimaryKeyConstraint("tenant_id"),
 )
 
-ANALYTICS_TABLES = (
+# The tables that hold a conversation's projection (all but the progress).
+PROJECTION_TABLES = (
     analytics_facts,
     analytics_failures,
     analytics_conversations,
     analytics_agent_sessions,
-    analytics_progress,
+    analytics_agent_involvement,
 )
+ANALYTICS_TABLES = (*PROJECTION_TABLES, analytics_progress)

@@ -15,8 +15,9 @@ from sqlalchemy import select
 
 from state_manager.analytics import projector, service
 from state_manager.analytics.facts import BUCKET_MINUTES
+from state_manager.analytics.periods import Granularity, utc_period_of
 from state_manager.analytics.repository import AGENT_PREFIX, Window
-from state_manager.analytics.service import Granularity, ReportRequest
+from state_manager.analytics.service import ReportRequest
 from state_manager.db import Database
 from state_manager.db.types import utcnow
 from state_manager.errors import BadRequest, NotFound
@@ -120,8 +121,8 @@ def window_of(
     else:
         first = end - BUCKET
         for _ in range((periods or DEFAULT_PERIODS[params.granularity]) - 1):
-            first = service.period_of(first, params.granularity, tz).astimezone(dt.UTC) - BUCKET
-        start = service.period_of(first, params.granularity, tz).astimezone(dt.UTC)
+            first = utc_period_of(first, params.granularity, tz) - BUCKET
+        start = utc_period_of(first, params.granularity, tz)
     if end <= start:
         raise BadRequest("`to` must come after `from`")
     if end - start > LONGEST[params.granularity]:

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from state_manager.analytics import reporting
+from state_manager.analytics.periods import Granularity
 from state_manager.analytics.schemas import AgentReport, ConversationReport, CustomerReport, MessageReport
-from state_manager.analytics.service import Granularity
 from state_manager.deps import ServicesDep, get_tenant_scope, presented_key
 from state_manager.errors import Forbidden
 from state_manager.tenants.schemas import TENANT_ID_PATTERN, KeyKind

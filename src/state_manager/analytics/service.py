@@ -4,7 +4,6 @@ in the periods of the caller's time zone, and turned into the metrics docs/analy
 from __future__ import annotations
 
 import datetime as dt
-import enum
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -14,20 +13,15 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.analytics import repository as repo
-from state_manager.analytics.facts import BUCKET_MINUTES, bucket_of
+from state_manager.analytics.facts import bucket_of
 from state_manager.analytics.models import FACT_COLUMNS
+from state_manager.analytics.periods import Granularity, period_of
+from state_manager.analytics.periods import periods as all_periods
 from state_manager.analytics.projector import Freshness
 from state_manager.db import Database
 
 T = TypeVar("T")
-BUCKET = dt.timedelta(minutes=BUCKET_MINUTES)
 TOP_FAILURE_CODES = 10
-
-
-class Granularity(enum.StrEnum):
-    HOUR = "hour"
-    DAY = "day"
-    WEEK = "week"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,26 +33,8 @@ class ReportRequest:
     now: dt.datetime
 
 
-def period_of(moment: dt.datetime, granularity: Granularity, tz: ZoneInfo) -> dt.datetime:
-    """The start of the period holding `moment`, in `tz` (hours, days and weeks of that zone's clock;
-    weeks start on Monday). In the hour a clock goes back, its two hours stay two periods."""
-    local = moment.astimezone(tz)
-    if granularity is Granularity.HOUR:
-        return local.replace(minute=0, second=0, microsecond=0)
-    day = local.date()
-    if granularity is Granularity.WEEK:
-        day -= dt.timedelta(days=day.weekday())
-    return dt.datetime(day.year, day.month, day.day, tzinfo=tz)
-
-
 def periods(request: ReportRequest) -> list[dt.datetime]:
-    """Every period the window touches, in order, empty ones included."""
-    found: dict[dt.datetime, None] = {}
-    moment = request.window.start
-    while moment < request.window.end:
-        found.setdefault(period_of(moment, request.granularity, request.tz).astimezone(dt.UTC))
-        moment += BUCKET
-    return list(found)
+    return all_periods(request.window.start, request.window.end, request.granularity, request.tz)
 
 
 async def _per_tenant(
@@ -190,35 +166,23 @@ async def messages_report(db: Database, request: ReportRequest) -> dict[str, Any
 
 
 async def customers_report(db: Database, request: ReportRequest) -> dict[str, Any]:
-    started: list[tuple[str, Any, str, dt.datetime]] = []
-    returning: set[tuple[str, Any]] = set()
-    for tenant_id in request.tenant_ids:
-        async with db.transaction(tenant_id, write=False) as conn:
-            rows = await repo.conversations_started(conn, tenant_id, request.window)
-            started.extend((tenant_id, customer, channel, at) for customer, channel, at in rows)
-            before = await repo.customers_seen_before(conn, tenant_id, request.window)
-            returning.update((tenant_id, customer) for customer in before)
-
-    # A customer is new in the period of their first conversation ever; returning in every other.
-    first_in_window: dict[tuple[str, Any], dt.datetime] = {}
-    for tenant_id, customer, _, at in started:
-        key = (tenant_id, customer)
-        if key not in returning and (key not in first_in_window or at < first_in_window[key]):
-            first_in_window[key] = at
-
-    def period(moment: dt.datetime) -> dt.datetime:
-        return period_of(moment, request.granularity, request.tz).astimezone(dt.UTC)
-
-    seen: dict[dt.datetime, set[tuple[str, Any]]] = {start: set() for start in periods(request)}
-    conversations_in: Counter[dt.datetime] = Counter()
-    channel_customers: dict[str, set[tuple[str, Any]]] = defaultdict(set)
-    channel_conversations: Counter[str] = Counter()
-    for tenant_id, customer, channel, at in started:
-        seen[period(at)].add((tenant_id, customer))
-        conversations_in[period(at)] += 1
-        channel_customers[channel].add((tenant_id, customer))
-        channel_conversations[channel] += 1
-    new_in: Counter[dt.datetime] = Counter(period(at) for at in first_in_window.values())
+    per_period: dict[dt.datetime, list[int]] = {start: [0, 0, 0] for start in periods(request)}
+    totals = [0, 0, 0]
+    channels: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    # Customers are the tenant's own: an organization's distinct customers are its tenants' added up.
+    for counts in await _per_tenant(
+        db,
+        request.tenant_ids,
+        lambda conn, tenant: repo.customer_counts(
+            conn, tenant, request.window, request.granularity, request.tz
+        ),
+    ):
+        for start, figures in counts.periods.items():
+            per_period[start] = [a + b for a, b in zip(per_period[start], figures, strict=True)]
+        totals = [a + b for a, b in zip(totals, counts.totals, strict=True)]
+        for channel, (customers, conversations) in counts.channels.items():
+            channels[channel][0] += customers
+            channels[channel][1] += conversations
 
     def metrics(customers: int, new: int, conversations: int) -> dict[str, Any]:
         return {
@@ -229,30 +193,21 @@ async def customers_report(db: Database, request: ReportRequest) -> dict[str, An
             "conversations_per_customer": _ratio(conversations, customers),
         }
 
-    everyone = {(tenant_id, customer) for tenant_id, customer, _, _ in started}
-    by_bucket = await _bucket_sums(db, request)
     hours: Counter[int] = Counter()
     weekdays: Counter[int] = Counter()
-    for bucket, sums in by_bucket.items():
+    for bucket, sums in (await _bucket_sums(db, request)).items():
         local = bucket.astimezone(request.tz)
         hours[local.hour] += int(sums["inbound"])
         weekdays[local.weekday()] += int(sums["inbound"])
     return {
-        "totals": metrics(len(everyone), len(first_in_window), len(started)),
+        "totals": metrics(*totals),
         "series": [
-            {
-                "period": start.astimezone(request.tz).isoformat(),
-                **metrics(len(customers), new_in[start], conversations_in[start]),
-            }
-            for start, customers in seen.items()
+            {"period": start.astimezone(request.tz).isoformat(), **metrics(*figures)}
+            for start, figures in per_period.items()
         ],
         "channels": [
-            {
-                "channel": channel,
-                "customers": len(channel_customers[channel]),
-                "conversations": channel_conversations[channel],
-            }
-            for channel in sorted(channel_customers)
+            {"channel": channel, "customers": customers, "conversations": conversations}
+            for channel, (customers, conversations) in sorted(channels.items())
         ],
         "busiest_hours": [{"hour": hour, "inbound": hours[hour]} for hour in range(24)],
         "busiest_weekdays": [{"weekday": day, "inbound": weekdays[day]} for day in range(7)],
@@ -261,46 +216,30 @@ async def customers_report(db: Database, request: ReportRequest) -> dict[str, An
 
 async def agents_report(db: Database, request: ReportRequest) -> dict[str, Any]:
     window = request.window
+    until = min(window.end, request.now)  # concurrent load over the part of the window that has passed
+    span = max((until - window.start).total_seconds(), 0.0)
     sums_by_agent: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(FACT_COLUMNS, 0.0))
     handled: Counter[str] = Counter()
-    stints: list[tuple[str, dt.datetime, dt.datetime | None]] = []
+    stints: dict[str, repo.StintFigures] = {}
     for tenant_id in request.tenant_ids:
         async with db.transaction(tenant_id, write=False) as conn:
-            for agent, sums in _add_up(
-                await repo.fact_sums_by_agent(conn, tenant_id, window), "actor"
-            ).items():
+            per_agent = _add_up(await repo.fact_sums_by_agent(conn, tenant_id, window), "actor")
+            for agent, sums in per_agent.items():
                 for name, value in sums.items():
                     sums_by_agent[agent][name] += value
             handled.update(await repo.conversations_handled(conn, tenant_id, window))
-            stints.extend(await repo.agent_sessions(conn, tenant_id, window))
+            for agent, found in (await repo.stint_figures(conn, tenant_id, window, until)).items():
+                known = stints.setdefault(agent, repo.StintFigures(0, 0.0, 0.0, 0))
+                known.handled += found.handled
+                known.handle_seconds += found.handle_seconds
+                known.overlap_seconds += found.overlap_seconds
+                # An agent in several tenants' conversations at once: their peaks may not coincide.
+                known.peak = max(known.peak, found.peak)
 
-    # Concurrent load over the part of the window that has passed; a stint still open runs until now.
-    until = min(window.end, request.now)
-    span = max((until - window.start).total_seconds(), 0.0)
-    handle_count: Counter[str] = Counter()
-    handle_seconds: dict[str, float] = defaultdict(float)
-    overlap: dict[str, float] = defaultdict(float)
-    changes: dict[str, list[tuple[dt.datetime, int]]] = defaultdict(list)
-    for agent, joined, left in stints:
-        if left is not None and window.start <= left < window.end:
-            handle_count[agent] += 1
-            handle_seconds[agent] += max(0.0, (left - joined).total_seconds())
-        start, end = max(joined, window.start), min(left or until, until)
-        if end > start:
-            overlap[agent] += (end - start).total_seconds()
-            changes[agent] += [(start, 1), (end, -1)]
-
-    def peak(agent: str) -> int:
-        load = highest = 0
-        for _, change in sorted(changes[agent], key=lambda item: (item[0], item[1])):  # leaving first
-            load += change
-            highest = max(highest, load)
-        return highest
-
-    agents = sorted(set(sums_by_agent) | set(handled) | set(handle_count) | set(overlap))
     rows = []
-    for agent in agents:
+    for agent in sorted(set(sums_by_agent) | set(handled) | set(stints)):
         sums = sums_by_agent[agent]
+        stint = stints.get(agent, repo.StintFigures(0, 0.0, 0.0, 0))
         rows.append(
             {
                 "agent": agent.removeprefix(repo.AGENT_PREFIX),
@@ -310,10 +249,10 @@ async def agents_report(db: Database, request: ReportRequest) -> dict[str, Any]:
                 "reply_count": int(sums["replies"]),
                 "reply_avg_seconds": _ratio(sums["reply_seconds"], sums["replies"]),
                 "messages_sent": int(sums["outbound"]),
-                "handle_count": handle_count[agent],
-                "handle_avg_seconds": _ratio(handle_seconds[agent], handle_count[agent]),
-                "concurrent_avg": _ratio(overlap[agent], span),
-                "concurrent_peak": peak(agent),
+                "handle_count": stint.handled,
+                "handle_avg_seconds": _ratio(stint.handle_seconds, stint.handled),
+                "concurrent_avg": _ratio(stint.overlap_seconds, span),
+                "concurrent_peak": stint.peak,
             }
         )
     return {"agents": rows}

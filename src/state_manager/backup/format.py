@@ -52,6 +52,7 @@ EXCLUDED_TABLES = frozenset(
         "analytics_failures",
         "analytics_conversations",
         "analytics_agent_sessions",
+        "analytics_agent_involvement",
         "analytics_progress",
     }
 )

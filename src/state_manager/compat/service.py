@@ -30,7 +30,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.analytics import reporting
-from state_manager.analytics.service import CONVERSATION_METRICS, MESSAGE_METRICS, Granularity
+from state_manager.analytics.periods import Granularity
+from state_manager.analytics.service import CONVERSATION_METRICS, MESSAGE_METRICS
 from state_manager.cache import Loaded, LookupCache
 from state_manager.cache.invalidation import conversations_tag, customer_tag, thread_tag
 from state_manager.cache.lookups import LEGACY_MAPPING

@@ -1,6 +1,7 @@
 """Every table, imported once so that the metadata is complete (migrations, checks, tests)."""
 
 from state_manager.analytics.models import (
+    analytics_agent_involvement,
     analytics_agent_sessions,
     analytics_conversations,
     analytics_facts,
@@ -41,11 +42,13 @@ TENANT_TABLES = (
     analytics_failures,
     analytics_conversations,
     analytics_agent_sessions,
+    analytics_agent_involvement,
     analytics_progress,
 )
 
 __all__ = [
     "TENANT_TABLES",
+    "analytics_agent_involvement",
     "analytics_agent_sessions",
     "analytics_conversations",
     "analytics_facts",
