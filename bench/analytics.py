@@ -53,6 +53,7 @@ from bench.server import (
     sqlalchemy_url,
 )
 from bench.sysstat import CLK_TCK, _machine_busy_ticks, machine_busy_percent
+from state_manager.analytics.models import PROJECTION_TABLES as projection_tables
 
 ADMIN_DSN = os.environ.get("BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 TENANT = "bench-analytics"
@@ -60,12 +61,7 @@ MESSAGES_PER_CONVERSATION = 10
 CUSTOMER_SHARE = 0.6  # customers per conversation: conversation c and c + customers share one
 AGENTS = 50
 TARGET_MS = 1000.0
-PROJECTION_TABLES = (
-    "analytics_facts",
-    "analytics_conversations",
-    "analytics_agent_sessions",
-    "analytics_failures",
-)
+PROJECTION_TABLES = tuple(table.name for table in projection_tables)
 FAILURES = (  # (code, title, weight out of 10)
     ("131047", "Re-engagement message", 4),
     ("131026", "Message undeliverable", 3),
