@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import random
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -414,7 +415,8 @@ class AnalyticsProjector:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        next_sweep = loop.time()
+        # Not all at once: instances started together would all look at every tenant together.
+        next_sweep = loop.time() + random.uniform(0, self.sweep_seconds)
         while not self._stopping.is_set():
             # Cleared before the work is taken: a tenant noted, or a stop, while this round works wakes
             # the next wait at once.
@@ -435,8 +437,14 @@ class AnalyticsProjector:
     async def _behind(self) -> list[str]:
         async with self.db.transaction(None, write=False) as conn:
             every = list((await conn.execute(select(tenants.c.id).order_by(tenants.c.id))).scalars())
-        # A read first: most tenants have nothing new, and SQLite has one writer.
-        return [tenant_id for tenant_id in every if not (await freshness(self.db, tenant_id)).complete]
+        behind = []
+        for tenant_id in every:
+            if self._stopping.is_set():
+                break
+            # A read first: most tenants have nothing new, and SQLite has one writer.
+            if not (await freshness(self.db, tenant_id)).complete:
+                behind.append(tenant_id)
+        return behind
 
     async def _work_on(self, tenant_ids: Iterable[str]) -> None:
         for tenant_id in tenant_ids:
