@@ -112,8 +112,10 @@ def instances(
             server.wait_for("/health/ready")
         yield servers, {"Authorization": f"Bearer {admin['key']}", "X-Tenant-ID": tenant}
     finally:
-        for server in servers:
-            assert server.stop(), server.log_tail()
+        # Every server is stopped before any failure to stop is reported: one left running would outlive
+        # the test and load the rest of the session.
+        unclean = [server.log_tail() for server in servers if not server.stop()]
+        assert not unclean, "\n\n".join(unclean)
 
 
 def head_of(base_url: str, headers: dict[str, str]) -> int:

@@ -76,8 +76,10 @@ def two_instances(
             server.wait_for("/health/ready")
         yield servers, url
     finally:
-        for server in servers:
-            assert server.stop(), server.log_tail()
+        # Every server is stopped before any failure to stop is reported: one left running would outlive
+        # the test and load the rest of the session.
+        unclean = [server.log_tail() for server in servers if not server.stop()]
+        assert not unclean, "\n\n".join(unclean)
 
 
 @pytest.mark.postgres
