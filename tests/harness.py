@@ -38,7 +38,13 @@ START_TIMEOUT_SECONDS = 60.0
 # the write lock taken until then, and a server stopping then waits for it (seen twice in about ten full
 # runs before the event relay learnt to finish its batch instead of being cancelled; the queue outbox relay
 # is still cancelled). Still a graceful stop if it ends within this.
-STOP_TIMEOUT_SECONDS = 45.0
+#
+# Raised to 90 s for a stall not yet explained: with about a thousand tenants in the database and the
+# machine loaded, a PostgreSQL server stopped seconds after it started sometimes spends exactly 60 s in
+# its application shutdown (asyncpg's connect timeout is 60 s), then stops cleanly. Seen in the full suite
+# (the two-instance tests, a 2-worker server) and reproduced by hand about one time in two; not with a
+# few tenants. Open: see the closing note of the session that raised this.
+STOP_TIMEOUT_SECONDS = 90.0
 
 # The service's own settings never leak from the developer's environment into a test server.
 _SETTINGS_VARIABLES = {name.upper() for name in Settings.model_fields} | {"PROMETHEUS_MULTIPROC_DIR"}

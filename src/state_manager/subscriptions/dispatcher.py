@@ -53,6 +53,7 @@ EXCERPT_CHARS = 1024
 ERROR_CHARS = 500
 LEASE_MARGIN_SECONDS = 30.0  # beyond the attempt's timeout: time to record its outcome
 PRUNE_EVERY_SECONDS = 600.0
+STOP_WAIT_SECONDS = 10.0  # how long shutdown lets the loop finish the statement it is in
 USER_AGENT = "state-manager-webhooks/1"
 
 
@@ -88,6 +89,7 @@ class WebhookDispatcher:
         self._wake = asyncio.Event()
         self._sending: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
+        self._stopping = False
         self._client: httpx.AsyncClient | None = None
         self.last_error: str | None = None
 
@@ -101,6 +103,13 @@ class WebhookDispatcher:
         self._runner = asyncio.create_task(self._run(), name="webhook-dispatcher")
 
     async def close(self) -> None:
+        """Sends in flight are cancelled; the loop is told to stop and finishes the statement it is in.
+        A task cancelled while it opens a database connection was seen to hold shutdown for a minute
+        (asyncpg's connect timeout), and a sweep of many tenants is usually opening one."""
+        self._stopping = True
+        self._wake.set()
+        if self._runner is not None:
+            await asyncio.wait({self._runner}, timeout=STOP_WAIT_SECONDS)
         tasks = [*self._sending, *([self._runner] if self._runner else [])]
         for task in tasks:
             task.cancel()
@@ -133,7 +142,7 @@ class WebhookDispatcher:
 
     async def _run(self) -> None:
         next_sweep = next_prune = time.monotonic()
-        while True:
+        while not self._stopping:
             self._wake.clear()
             try:
                 if time.monotonic() >= next_sweep:
@@ -144,7 +153,7 @@ class WebhookDispatcher:
                         next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
                 now = time.monotonic()
                 for tenant_id in sorted(t for t, at in self._due.items() if at <= now):
-                    if self._free() <= 0:
+                    if self._free() <= 0 or self._stopping:
                         break
                     await self._poll(tenant_id)
             except Exception as exc:
@@ -212,6 +221,8 @@ class WebhookDispatcher:
             every = list((await conn.execute(select(tenants.c.id))).scalars())
         keep_until = utcnow() - dt.timedelta(days=self.settings.webhook_keep_delivered_days)
         for tenant_id in every:
+            if self._stopping:
+                return
             try:
                 async with self.db.transaction(tenant_id, write=False) as conn:
                     if await repo.has_pending(conn, tenant_id):
