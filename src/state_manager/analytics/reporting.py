@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import select
 
 from state_manager.analytics import projector, service
-from state_manager.analytics.facts import BUCKET_MINUTES
-from state_manager.analytics.periods import Granularity, utc_period_of
+from state_manager.analytics.facts import bucket_of
+from state_manager.analytics.periods import BUCKET, Granularity, utc_period_of
 from state_manager.analytics.repository import AGENT_PREFIX, Window
 from state_manager.analytics.service import ReportRequest
 from state_manager.db import Database
@@ -34,7 +34,6 @@ LONGEST = {
     Granularity.DAY: dt.timedelta(days=366),
     Granularity.WEEK: dt.timedelta(days=731),
 }
-BUCKET = dt.timedelta(minutes=BUCKET_MINUTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +101,8 @@ def _moment(value: str, tz: ZoneInfo, name: str) -> dt.datetime:
     return moment.astimezone(dt.UTC)
 
 
-def _floor(moment: dt.datetime) -> dt.datetime:
-    return moment.replace(minute=moment.minute - moment.minute % BUCKET_MINUTES, second=0, microsecond=0)
-
-
 def _ceil(moment: dt.datetime) -> dt.datetime:
-    floored = _floor(moment)
+    floored = bucket_of(moment)
     return floored if floored == moment else floored + BUCKET
 
 
@@ -117,7 +112,7 @@ def window_of(
     """[start, end) in UTC on bucket edges. By default the last few periods, the current one included."""
     end = _ceil(_moment(params.end, tz, "to") if params.end else now)
     if params.start:
-        start = _floor(_moment(params.start, tz, "from"))
+        start = bucket_of(_moment(params.start, tz, "from"))
     else:
         first = end - BUCKET
         for _ in range((periods or DEFAULT_PERIODS[params.granularity]) - 1):

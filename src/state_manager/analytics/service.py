@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from state_manager.analytics import repository as repo
 from state_manager.analytics.facts import bucket_of
 from state_manager.analytics.models import FACT_COLUMNS
-from state_manager.analytics.periods import Granularity, period_of
+from state_manager.analytics.periods import Granularity, utc_period_of
 from state_manager.analytics.periods import periods as all_periods
 from state_manager.analytics.projector import Freshness
 from state_manager.db import Database
@@ -110,7 +110,7 @@ def _series(
     }
     totals = dict.fromkeys(FACT_COLUMNS, 0.0)
     for bucket, sums in by_bucket.items():
-        target = by_period[period_of(bucket, request.granularity, request.tz).astimezone(dt.UTC)]
+        target = by_period[utc_period_of(bucket, request.granularity, request.tz)]
         for name in FACT_COLUMNS:
             target[name] += sums[name]
             totals[name] += sums[name]
