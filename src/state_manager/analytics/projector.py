@@ -54,6 +54,10 @@ log = logging.getLogger("state_manager.analytics")
 EVENTS_PER_STEP = 2000
 CONVERSATIONS_PER_STEP = 500
 LOCK_WAIT_SECONDS = 10.0
+# The least time between two rounds of the background projector. Reports catch up for themselves, so
+# nothing waits on it; under steady writes a round then takes the events of many relay batches in one
+# transaction instead of one transaction per batch (measured: docs/benchmarks.md, "Inbound under load").
+ROUND_SECONDS = 0.5
 
 
 def projector_lock(tenant_id: str) -> str:
@@ -381,8 +385,8 @@ async def _customer_history(
 
 class AnalyticsProjector:
     """The background projector of one process. The tenants whose events this process's relay numbers
-    are projected at once (`numbered` is the relay's hook: it only notes the tenant); every
-    `sweep_seconds` every tenant is looked at, for work another instance left behind."""
+    are projected within `ROUND_SECONDS` (`numbered` is the relay's hook: it only notes the tenant);
+    every `sweep_seconds` every tenant is looked at, for work another instance left behind."""
 
     def __init__(self, db: Database, *, sweep_seconds: float) -> None:
         self.db = db
@@ -431,6 +435,8 @@ class AnalyticsProjector:
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("analytics projection failed; trying again", extra={"error": self.last_error})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), ROUND_SECONDS)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._woken.wait(), max(0.0, next_sweep - loop.time()))
 
