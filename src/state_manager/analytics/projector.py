@@ -41,7 +41,7 @@ from state_manager.analytics.models import (
 )
 from state_manager.conversations.models import conversations, participants
 from state_manager.db import Database
-from state_manager.db.database import dialect_insert
+from state_manager.db.database import dialect_insert, one_of
 from state_manager.db.locks import lock_names, try_lock_name
 from state_manager.db.types import utcnow
 from state_manager.events import repository as events_repo
@@ -231,7 +231,7 @@ async def project(
                 c.state,
                 c.started_at,
                 c.closed_at,
-            ).where(c.tenant_id == tenant_id, c.id.in_(ids))
+            ).where(c.tenant_id == tenant_id, one_of(conn, c.id, ids))
         )
     ).all()
     if not live:
@@ -249,7 +249,7 @@ async def project(
             m.read_at,
             m.status,
             m.failure_code,
-        ).where(m.tenant_id == tenant_id, m.conversation_id.in_(live_ids))
+        ).where(m.tenant_id == tenant_id, one_of(conn, m.conversation_id, live_ids))
     )
     for message in message_rows:
         by_conversation[message.conversation_id].append(
@@ -267,7 +267,7 @@ async def project(
     stints: dict[uuid.UUID, list[F.AgentStint]] = defaultdict(list)
     stint_rows = await conn.execute(
         select(p.conversation_id, p.participant_ref, p.joined_at, p.left_at).where(
-            p.tenant_id == tenant_id, p.conversation_id.in_(live_ids), p.role == "agent"
+            p.tenant_id == tenant_id, one_of(conn, p.conversation_id, live_ids), p.role == "agent"
         )
     )
     for stint in stint_rows:
@@ -343,7 +343,9 @@ async def project(
     ):
         if replace:
             await conn.execute(
-                delete(table).where(table.c.tenant_id == tenant_id, table.c.conversation_id.in_(live_ids))
+                delete(table).where(
+                    table.c.tenant_id == tenant_id, one_of(conn, table.c.conversation_id, live_ids)
+                )
             )
         if rows:
             await conn.execute(insert(table), rows)
@@ -366,11 +368,11 @@ async def _customer_history(
     earliest: dict[uuid.UUID, tuple[dt.datetime, uuid.UUID]] = {}
     for query in (
         select(c.customer_id, c.business_number_id, c.id, c.started_at, c.state, c.closed_at).where(
-            c.tenant_id == tenant_id, c.customer_id.in_(customer_ids)
+            c.tenant_id == tenant_id, one_of(conn, c.customer_id, customer_ids)
         ),
         select(
             a.customer_id, a.business_number_id, a.conversation_id, a.started_at, a.state, a.ended_at
-        ).where(a.tenant_id == tenant_id, a.customer_id.in_(customer_ids)),
+        ).where(a.tenant_id == tenant_id, one_of(conn, a.customer_id, customer_ids)),
     ):
         for customer_id, number, conversation_id, started_at, state, ended_at in (
             await conn.execute(query)

@@ -8,11 +8,12 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import ColumnElement, any_, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
@@ -161,3 +162,12 @@ def open_database(settings: Settings) -> Database:
 
 def dialect_insert(dialect_name: str) -> Any:
     return pg_insert if dialect_name == "postgresql" else sqlite_insert
+
+
+def one_of(conn: AsyncConnection, column: ColumnElement[Any], values: Iterable[Any]) -> ColumnElement[bool]:
+    """`column IN (values)`. On PostgreSQL as `column = ANY(array)`, one parameter: the statement is then
+    the same for any number of values, compiled once and prepared once per connection (an IN list is a new
+    statement, parsed and planned again, for every length)."""
+    if conn.dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+    return column.in_(list(values))
