@@ -46,6 +46,9 @@ START_TIMEOUT_SECONDS = 60.0
 # few tenants. Open: see the closing note of the session that raised this.
 STOP_TIMEOUT_SECONDS = 90.0
 
+# Meta's media host (as in the default) and the made-up hosts the domain tests write media URLs on.
+TEST_MEDIA_HOSTS = "lookaside.fbsbx.com,files.example.com,example.com,media.example"
+
 # The service's own settings never leak from the developer's environment into a test server.
 _SETTINGS_VARIABLES = {name.upper() for name in Settings.model_fields} | {"PROMETHEUS_MULTIPROC_DIR"}
 
@@ -448,7 +451,7 @@ def server_env(workdir: Path, database_url: str, **extra: str) -> dict[str, str]
     """What every harness server runs with. Keys are checked on every request (no cache), so that a key
     revoked from the CLI is refused at once. The scheduled jobs are off unless a test turns them on
     (JOBS_ENABLED=true): tests that age rows run the jobs by hand, and must not race the scheduler."""
-    settings = {"JOBS_ENABLED": "false", **extra}
+    settings = {"JOBS_ENABLED": "false", "MEDIA_URL_ALLOWED_HOSTS": TEST_MEDIA_HOSTS, **extra}
     return clean_env(
         DATABASE_URL=database_url,
         DATA_DIR=str(workdir / "data"),

@@ -32,6 +32,7 @@ from state_manager.events.routes import router as events_router
 from state_manager.events.service import open_events
 from state_manager.genesys.routes import router as genesys_router
 from state_manager.jobs.scheduler import JobScheduler
+from state_manager.messages import media_urls
 from state_manager.messages.inbound import inbound_recorder
 from state_manager.messages.routes import router as messages_router
 from state_manager.observability import health
@@ -48,6 +49,7 @@ from state_manager.webhooks.routes import router as webhooks_router
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    media_urls.configure(settings.media_url_policy)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

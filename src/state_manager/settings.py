@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from state_manager.messages.media_urls import DEFAULT_MEDIA_URL_HOSTS, MediaUrlPolicy
+
 DEFAULT_DATA_DIR = Path("./data")
 
 
@@ -143,6 +145,10 @@ class Settings(BaseSettings):
         default=None, description="Where retention writes archive files; unset = DATA_DIR/archives"
     )
     default_tenant_id: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    media_url_allowed_hosts: str = Field(
+        default=",".join(DEFAULT_MEDIA_URL_HOSTS),
+        description="Hosts media URLs may name, comma-separated, matched exactly (https only); * = any host",
+    )
 
     # RabbitMQ, as the existing service names it (the same variables override the same queue names).
     rabbitmq_heartbeat: int = Field(default=60, ge=0, le=3600)
@@ -204,6 +210,12 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
+    @field_validator("media_url_allowed_hosts")
+    @classmethod
+    def _media_hosts(cls, value: str) -> str:
+        MediaUrlPolicy.parse(value)  # a wrong entry stops the start, named
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -225,6 +237,10 @@ class Settings(BaseSettings):
     @property
     def effective_archive_dir(self) -> Path:
         return self.archive_dir if self.archive_dir is not None else self.data_dir / "archives"
+
+    @cached_property
+    def media_url_policy(self) -> MediaUrlPolicy:
+        return MediaUrlPolicy.parse(self.media_url_allowed_hosts)
 
     @property
     def admin_key_file(self) -> Path:

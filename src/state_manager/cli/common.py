@@ -61,10 +61,11 @@ def load_settings() -> Settings:
     """Settings from the environment and `.env`; a wrong value stops here, naming its variable."""
     from pydantic import ValidationError
 
+    from state_manager.messages import media_urls
     from state_manager.settings import Settings
 
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
@@ -73,6 +74,8 @@ def load_settings() -> Settings:
             problems.append(f"{variable}: {message}")
         plural = "s" if len(problems) > 1 else ""
         fail(f"invalid setting{plural} {'; '.join(problems)}", EXIT_USAGE)
+    media_urls.configure(settings.media_url_policy)  # `replay` records media URLs as the servers do
+    return settings
 
 
 def safe_url(url: str) -> str:

@@ -50,7 +50,7 @@ async def current_revision(url: str) -> str | None:
 
     if make_url(url).get_backend_name() == "sqlite" and (path := database_file(url)) is not None:
         create_private_file(path)
-    engine = create_async_engine(url, poolclass=pool.NullPool)
+    engine = create_async_engine(url, poolclass=pool.NullPool, hide_parameters=True)
     try:
         async with engine.connect() as conn:
             try:

@@ -44,7 +44,7 @@ class MessageTrack(_Lenient):
     genesysMessageId: str | None = Field(default=None, pattern=EXTERNAL_ID)
     direction: AnyCaseDirection = Direction.INBOUND
     status: str | None = Field(default=None, max_length=32)
-    mediaUrl: str | None = Field(default=None, max_length=2048, pattern=r"^https?://")
+    mediaUrl: str | None = Field(default=None, max_length=2048)
     text: str | None = Field(default=None, max_length=65536)
     timestamp: EventTime | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)

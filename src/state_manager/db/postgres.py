@@ -36,6 +36,9 @@ class PostgresDatabase(Database):
             max_overflow=settings.db_max_overflow,
             pool_recycle=1800,
             pool_timeout=10,
+            # Errors (logged, kept as `last_error`) never carry the statement's values: messages, phone
+            # numbers, a subscription's signing secret.
+            hide_parameters=True,
             connect_args={
                 "server_settings": {"application_name": "state-manager", "jit": "off"},
                 "command_timeout": 30,

@@ -42,7 +42,13 @@ class SqliteDatabase(Database):
         url = settings.effective_database_url
         if (path := database_file(url)) is not None:
             create_private_file(path)
-        self.engine = create_async_engine(url, pool_size=5, max_overflow=5, connect_args={"timeout": 30})
+        self.engine = create_async_engine(
+            url,
+            pool_size=5,
+            max_overflow=5,
+            hide_parameters=True,  # errors never carry the statement's values (as on PostgreSQL)
+            connect_args={"timeout": 30},
+        )
 
         @event.listens_for(self.engine.sync_engine, "connect")
         def _configure(dbapi_connection: Any, _record: Any) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from state_manager.events.schemas import Published
+from state_manager.observability.errors import error_summary
 from state_manager.settings import Settings
 
 log = logging.getLogger("state_manager.events")
@@ -141,7 +142,7 @@ class RedisBus(EventBus):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error = error_summary(exc)
                 if self.subscribed:
                     log.warning("event channel lost (%s); the hub reads the table until it is back", exc)
                 self.subscribed = False

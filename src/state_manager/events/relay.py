@@ -30,6 +30,7 @@ from state_manager.events import repository as repo
 from state_manager.events.bus import EventBus
 from state_manager.events.schemas import Published
 from state_manager.observability import metrics
+from state_manager.observability.errors import error_summary
 from state_manager.tenants.models import tenants
 
 log = logging.getLogger("state_manager.events")
@@ -120,9 +121,9 @@ class EventRelay:
             self._running.pop(tenant_id, None)
 
     def _failed(self, message: str, tenant_id: str, exc: Exception) -> None:
-        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.last_error = error_summary(exc)
         metrics.EVENT_RELAY_ERRORS.inc()
-        log.warning(message, extra={"tenant_id": tenant_id, "error": self.last_error})
+        log.warning(message, extra={"tenant_id": tenant_id, "error": f"{type(exc).__name__}: {exc}"})
 
     async def relay_once(self, tenant_id: str) -> bool:
         """Numbers a batch of new events, then publishes it; True if there may be more. Numbering goes on
@@ -210,8 +211,8 @@ class EventRelay:
                 if unnumbered or tenant_id in self._behind:
                     waiting.append(tenant_id)
         except Exception as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            log.warning("event sweep failed", extra={"error": self.last_error})
+            self.last_error = error_summary(exc)
+            log.warning("event sweep failed", extra={"error": f"{type(exc).__name__}: {exc}"})
         return waiting
 
     def report(self) -> dict[str, object]:

@@ -27,7 +27,7 @@ from state_manager.db.database import RETRY_AFTER_SECONDS, hooks_of
 from state_manager.db.postgres import PostgresDatabase
 from state_manager.db.types import utcnow
 from state_manager.errors import LockTimeout, Unavailable
-from state_manager.messages import service
+from state_manager.messages import media_urls, service
 from state_manager.messages.schemas import InboundMessage, InboundRecorded
 
 _RECORD_INBOUND = (
@@ -99,6 +99,7 @@ class PostgresInboundRecorder(InboundRecorder):
         self, connection: asyncpg.Connection, tenant_id: str, data: InboundMessage
     ) -> tuple[InboundRecorded, bool]:
         """What was recorded, and whether the customer's profile name changed."""
+        media_urls.check_media(data.media)
         wa_id = customers.normalized(
             IdentityIn(channel=IdentityChannel.WHATSAPP, external_id=data.wa_id), "wa_id"
         )[1]

@@ -21,7 +21,7 @@ from state_manager.conversations import service as conversations
 from state_manager.customers import service as customers
 from state_manager.customers.identity import IdentityChannel, InvalidIdentity, normalize
 from state_manager.errors import Conflict, Forbidden, ValidationFailed
-from state_manager.messages import service
+from state_manager.messages import media_urls, service
 from state_manager.messages.schemas import EXTERNAL_ID, Media, MessageRecord, MessageType, SenderType
 from state_manager.messages.status import DeliveryStatus, Direction
 from state_manager.timefmt import EventTime
@@ -64,7 +64,7 @@ class GenesysOutboundMessage(_Tolerant):
 
 
 class QueuedMedia(_Tolerant):
-    url: str = Field(max_length=2048, pattern=r"^https?://")
+    url: str = Field(max_length=2048)
     contentType: str | None = Field(default=None, max_length=128)
     filename: str | None = Field(default=None, max_length=512)
 
@@ -171,6 +171,7 @@ async def record_outbound(
         address, record = as_record(body)
     except ValidationError as exc:
         raise ValidationFailed(f"the message cannot be recorded: {exc}") from exc
+    media_urls.check_media(record.media)  # before the customer is looked for: refused whoever it is for
     row = None
     for channel, external_id in _customer_channels(address):
         row = await conversations_repo.open_by_identity(conn, tenant_id, channel, external_id, None)

@@ -42,7 +42,7 @@ class SenderType(enum.StrEnum):
 class Media(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://")
+    url: str | None = Field(default=None, max_length=2048)
     mime_type: str | None = Field(default=None, max_length=128, pattern=r"^[\w.+-]+/[\w.+-]+(;.*)?$")
     filename: str | None = Field(default=None, max_length=512)
     caption: str | None = Field(default=None, max_length=4096)

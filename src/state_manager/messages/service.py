@@ -28,6 +28,7 @@ from state_manager.db.types import utcnow
 from state_manager.errors import Conflict, NotFound
 from state_manager.events.emit import emit, withdraw
 from state_manager.events.types import EventType
+from state_manager.messages import media_urls
 from state_manager.messages import repository as repo
 from state_manager.messages.schemas import (
     Correlation,
@@ -223,6 +224,7 @@ async def _apply_held(
 async def record(
     conn: AsyncConnection, tenant_id: str, conversation_id: uuid.UUID, data: MessageRecord
 ) -> tuple[MessageRead, bool]:
+    media_urls.check_media(data.media)
     conversation = await conversations.require(conn, tenant_id, conversation_id)
     now = utcnow()
     values = _message_values(data, conversation_id=conversation["id"], direction=data.direction, now=now)
@@ -242,6 +244,7 @@ async def record(
 
 async def record_inbound(conn: AsyncConnection, tenant_id: str, data: InboundMessage) -> InboundRecorded:
     """Customer, open conversation and message in one transaction (the caller's)."""
+    media_urls.check_media(data.media)
     wa_id = customers.normalized(
         IdentityIn(channel=IdentityChannel.WHATSAPP, external_id=data.wa_id), "wa_id"
     )[1]

@@ -28,7 +28,9 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_async() -> None:
-    engine = create_async_engine(config.get_main_option("sqlalchemy.url") or "", poolclass=pool.NullPool)
+    engine = create_async_engine(
+        config.get_main_option("sqlalchemy.url") or "", poolclass=pool.NullPool, hide_parameters=True
+    )
     async with engine.connect() as connection:
         await connection.run_sync(_run)
         await connection.commit()

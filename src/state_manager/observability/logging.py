@@ -14,6 +14,19 @@ import orjson
 from state_manager.settings import LogFormat
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+# The ID (never the key) of the API key that authenticated the current HTTP request, for its access line:
+# the request middleware sets a fresh holder, the authenticator fills it (a list, so that a dependency run
+# in a copied context still reaches the middleware's).
+request_key_var: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "request_key", default=None
+)
+
+
+def note_request_key(key_id: str) -> None:
+    holder = request_key_var.get()
+    if holder is not None:
+        holder.append(key_id)
+
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 

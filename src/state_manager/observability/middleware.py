@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from state_manager.errors import BadRequest, PayloadTooLarge
 from state_manager.http_errors import problem_response
-from state_manager.observability.logging import request_id_var
+from state_manager.observability.logging import request_id_var, request_key_var
 from state_manager.observability.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 access_log = logging.getLogger("state_manager.access")
@@ -37,6 +37,8 @@ class RequestMiddleware:
                 declared_length = int(value) if value.isdigit() else None
         request_id = request_id or secrets.token_hex(16)
         token = request_id_var.set(request_id)
+        key_ids: list[str] = []
+        key_token = request_key_var.set(key_ids)
         started = time.perf_counter()
         status = 500
         limit = self.max_body_bytes
@@ -78,11 +80,13 @@ class RequestMiddleware:
             method = scope["method"]
             HTTP_REQUESTS.labels(method, template, str(status)).inc()
             HTTP_LATENCY.labels(method, template).observe(elapsed)
-            access_log.info(
-                "%s %s %s",
-                method,
-                scope["path"],
-                status,
-                extra={"status": status, "route": template, "duration_ms": round(elapsed * 1000, 2)},
-            )
+            extra: dict[str, object] = {
+                "status": status,
+                "route": template,
+                "duration_ms": round(elapsed * 1000, 2),
+            }
+            if key_ids:
+                extra["key_id"] = key_ids[-1]
+            access_log.info("%s %s %s", method, scope["path"], status, extra=extra)
+            request_key_var.reset(key_token)
             request_id_var.reset(token)

@@ -41,6 +41,7 @@ from state_manager.db import Database
 from state_manager.errors import BadRequest, NotFound, StateManagerError
 from state_manager.messages.inbound import InboundRecorder
 from state_manager.observability import metrics
+from state_manager.observability.errors import error_summary
 from state_manager.queues import handlers
 from state_manager.queues.outbox import OutboxRelay, Outgoing
 from state_manager.queues.schemas import DlqReason, dlq_envelope
@@ -202,8 +203,8 @@ class QueueConsumers:
         for status in self.queues.values():
             status.state = "disconnected"
         if exc is not None:
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            log.warning("RabbitMQ unavailable; reconnecting", extra={"error": self.last_error})
+            self.last_error = error_summary(exc)
+            log.warning("RabbitMQ unavailable; reconnecting", extra={"error": f"{type(exc).__name__}: {exc}"})
 
     async def _serve(self, connection: AbstractConnection) -> None:
         closed = _event_on_close(connection)
@@ -250,7 +251,7 @@ class QueueConsumers:
                 # A channel that would not open (the server closed it, say): ask again, never give up on
                 # the queue while the connection lives.
                 status.state = "connecting"
-                status.last_error = f"{type(exc).__name__}: {exc}"
+                status.last_error = error_summary(exc)
                 log.warning("cannot consume; trying again", extra={"queue": status.queue, "error": str(exc)})
                 await asyncio.sleep(self.settings.rabbitmq_standby_retry_seconds)
                 continue
@@ -302,7 +303,8 @@ class QueueConsumers:
             except Exception as exc:
                 reason, passing = handlers.classify(exc)
                 detail = exc.message if isinstance(exc, handlers.Rejected) else f"{type(exc).__name__}: {exc}"
-                status.last_error = detail
+                # What /health/ready shows (no key needed): the reason or the class, not the text.
+                status.last_error = error_summary(exc) if passing else f"rejected: {reason.value}"
                 if passing and retries < self.settings.rabbitmq_max_retries:
                     retries += 1
                     status.retried += 1

@@ -24,6 +24,7 @@ from state_manager.messages import outbound
 from state_manager.messages import repository as messages_repo
 from state_manager.messages import service as messages
 from state_manager.messages.inbound import InboundRecorder
+from state_manager.messages.media_urls import InvalidMediaUrl
 from state_manager.messages.outbound import QueuedOutboundMessage
 from state_manager.messages.schemas import Correlation, ReceiptIn
 from state_manager.messages.status import ReceiptStatus
@@ -55,6 +56,8 @@ def classify(exc: BaseException) -> tuple[DlqReason, bool]:
     """The DLQ reason for a failure, and whether trying again may succeed."""
     if isinstance(exc, Rejected):
         return exc.reason, False
+    if isinstance(exc, InvalidMediaUrl):
+        return DlqReason.INVALID_MEDIA_URL, False
     if isinstance(exc, LockTimeout):
         return DlqReason.LOCK_TIMEOUT, True
     if isinstance(exc, Unavailable):

@@ -32,6 +32,7 @@ from state_manager.db import Database
 from state_manager.db.database import dialect_insert
 from state_manager.db.locks import try_lock_name
 from state_manager.db.types import utcnow
+from state_manager.observability.errors import error_summary
 from state_manager.queues.models import broker_outbox
 from state_manager.queues.topology import Output
 from state_manager.tenants.models import tenants
@@ -197,8 +198,8 @@ class OutboxRelay:
             async with self.db.transaction(None, write=False) as conn:
                 return list((await conn.execute(select(tenants.c.id))).scalars())
         except Exception as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            log.warning("outbox sweep cannot list tenants", extra={"error": self.last_error})
+            self.last_error = error_summary(exc)
+            log.warning("outbox sweep cannot list tenants", extra={"error": f"{type(exc).__name__}: {exc}"})
             return []
 
     async def _flush_all(self, due: Sequence[str], *, prune_too: bool) -> set[str]:
@@ -209,10 +210,10 @@ class OutboxRelay:
                 if prune_too:
                     await prune(self.db, tenant_id)
             except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error = error_summary(exc)
                 log.warning(
                     "queue output not published yet; it stays in the outbox",
-                    extra={"tenant_id": tenant_id, "error": self.last_error},
+                    extra={"tenant_id": tenant_id, "error": f"{type(exc).__name__}: {exc}"},
                 )
                 failed.add(tenant_id)
         return failed

@@ -34,6 +34,7 @@ from state_manager.db import Database
 from state_manager.db.locks import lock_names
 from state_manager.db.types import utcnow
 from state_manager.observability import metrics
+from state_manager.observability.errors import error_summary
 from state_manager.settings import Settings
 from state_manager.subscriptions import repository as repo
 from state_manager.subscriptions.enqueue import enqueue
@@ -322,8 +323,8 @@ class WebhookDispatcher:
             )
 
     def _failed(self, message: str, exc: Exception, tenant_id: str | None = None) -> None:
-        self.last_error = f"{type(exc).__name__}: {exc}"
-        log.warning(message, extra={"tenant_id": tenant_id, "error": self.last_error})
+        self.last_error = error_summary(exc)
+        log.warning(message, extra={"tenant_id": tenant_id, "error": f"{type(exc).__name__}: {exc}"})
 
 
 async def _excerpt(response: httpx.Response) -> str | None:

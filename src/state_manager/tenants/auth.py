@@ -16,6 +16,7 @@ from typing import Generic, TypeVar
 
 from state_manager.db.database import Database
 from state_manager.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from state_manager.observability.logging import note_request_key
 from state_manager.tenants import service
 from state_manager.tenants.schemas import KeyKind
 
@@ -121,6 +122,8 @@ class Authenticator:
         found = await self._keys.get(hashlib.sha256(presented.encode()).hexdigest(), verify)
         if found is None:
             raise Unauthorized("unknown or revoked API key")
+        if found.key_id is not None:
+            note_request_key(found.key_id)
         return found
 
     async def tenant_for(self, principal: Principal, requested: str | None) -> str:

@@ -93,7 +93,7 @@ class QueuedInboundMessage(_Tolerant):
     contact_name: str | None = Field(default=None, max_length=256)
     timestamp: EventTime | None = None
     message_text: str | None = Field(default=None, max_length=65536)
-    media_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://")
+    media_url: str | None = Field(default=None, max_length=2048)
     phone_number_id: str = Field(pattern=BUSINESS_NUMBER_ID)
     display_phone_number: str | None = Field(default=None, max_length=64)
 

@@ -25,6 +25,7 @@ from state_manager.customers.schemas import IdentityIn
 from state_manager.db import Database
 from state_manager.db.types import utcnow
 from state_manager.errors import Forbidden, NotFound, ValidationFailed
+from state_manager.messages import media_urls
 from state_manager.messages import service as messages
 from state_manager.messages.inbound import InboundRecorder
 from state_manager.messages.schemas import (
@@ -201,6 +202,9 @@ def plan(parsed: WhatsAppWebhook | QueuedInboundMessage) -> Plan:
         else:
             found = Plan(list(_inbound_messages(parsed)), list(_statuses(parsed)))
         for position, message in found.messages:
+            # Refused before anything is stored: a webhook is recorded whole or not at all.
+            field = "media_url" if isinstance(parsed, QueuedInboundMessage) else f"items.{position}.media.url"
+            media_urls.check_media(message.media, field)
             customers.normalized(
                 IdentityIn(channel=IdentityChannel.WHATSAPP, external_id=message.wa_id),
                 f"item {position}: from",
