@@ -155,8 +155,11 @@ class LiveSubscription:
             try:
                 first = await asyncio.wait_for(queue.get(), self.options.heartbeat)
             except TimeoutError:
-                self.covered = max(self.covered, feed.last_seq)
-                await self.websocket.send_text(_frame("heartbeat", self.covered))
+                # An event announced in the same turn of the loop as the timeout is already queued, and
+                # counted in feed.last_seq: it goes out first, or covering it would drop it unsent.
+                if queue.empty():
+                    self.covered = max(self.covered, feed.last_seq)
+                    await self.websocket.send_text(_frame("heartbeat", self.covered))
                 continue
             waiting = [first]
             while not queue.empty():
