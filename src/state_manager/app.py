@@ -39,6 +39,7 @@ from state_manager.observability import health
 from state_manager.observability.logging import configure as configure_logging
 from state_manager.observability.middleware import RequestMiddleware
 from state_manager.queues.consumer import QueueConsumers
+from state_manager.ratelimit import RateLimitPolicy, open_rate_limiter
 from state_manager.settings import AuthMode, Settings
 from state_manager.subscriptions.dispatcher import WebhookDispatcher
 from state_manager.subscriptions.routes import router as subscriptions_router
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         configure_logging(settings.log_level, settings.log_format)
         db = open_database(settings)
         cache = open_lookup_cache(settings)
+        limiter = open_rate_limiter(settings)
         events = open_events(settings, db)
         webhooks = WebhookDispatcher(settings, db)
         scheduler = JobScheduler(settings, db, cache)
@@ -66,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         warming: asyncio.Task[None] | None = None
         try:
             await cache.start()
+            await limiter.start()
             await startup.prepare_schema(settings, db)
             await startup.first_run(settings, db)
             auth = Authenticator(
@@ -73,6 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 cache_seconds=settings.api_key_cache_seconds,
                 required=settings.auth_mode is AuthMode.REQUIRED,
                 default_tenant_id=settings.default_tenant_id,
+                limiter=limiter,
+                limits=RateLimitPolicy.from_settings(settings),
             )
             inbound = inbound_recorder(db, cache)
             await events.start()
@@ -111,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await webhooks.close()
             if queues is not None:
                 await queues.stop()
+            await limiter.close()
             await cache.close()
             await db.dispose()
 

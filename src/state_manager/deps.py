@@ -9,6 +9,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from sqlalchemy.ext.asyncio import AsyncConnection
+from starlette.requests import HTTPConnection
 
 from state_manager.cache import LookupCache
 from state_manager.db import Database
@@ -53,12 +54,19 @@ def presented_key(authorization: str | None, x_api_key: str | None) -> str | Non
     return x_api_key
 
 
+def client_address(connection: HTTPConnection) -> str | None:
+    """The caller's address as uvicorn gives it (behind a proxy: X-Forwarded-For, FORWARDED_ALLOW_IPS)."""
+    client = connection.scope.get("client")
+    return client[0] if client else None
+
+
 async def get_principal(
+    request: Request,
     services: ServicesDep,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Principal:
-    return await services.auth.principal(presented_key(authorization, x_api_key))
+    return await services.auth.principal(presented_key(authorization, x_api_key), client_address(request))
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
@@ -112,7 +120,7 @@ async def get_tenant_scope(request: Request) -> TenantScope:
     services: Services = request.app.state.services
     headers = request.headers
     principal = await services.auth.principal(
-        presented_key(headers.get("authorization"), headers.get("x-api-key"))
+        presented_key(headers.get("authorization"), headers.get("x-api-key")), client_address(request)
     )
     tenant_id = await services.auth.tenant_for(principal, headers.get("x-tenant-id"))
     return TenantScope(tenant_id=tenant_id, db=services.db, cache=services.cache, actor=actor_of(principal))

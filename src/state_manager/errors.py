@@ -13,6 +13,7 @@ StateManagerError            500 internal
 │   └── EventsTrimmed        410 events-trimmed (how far retention removed events)
 ├── PreconditionFailed       412 precondition-failed (current version)
 ├── PayloadTooLarge          413 payload-too-large
+├── TooManyRequests          429 rate-limited (Retry-After, RateLimit-*)
 └── Unavailable              503 unavailable (Retry-After)
 """
 
@@ -129,6 +130,14 @@ class PayloadTooLarge(StateManagerError):
     status = 413
     code = "payload-too-large"
     title = "Payload too large"
+
+
+class TooManyRequests(StateManagerError):
+    """A key (or a client address failing to authenticate) went over its rate limit."""
+
+    status = 429
+    code = "rate-limited"
+    title = "Too many requests"
 
 
 class Unavailable(StateManagerError):

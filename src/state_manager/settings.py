@@ -44,6 +44,27 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=20, ge=1, le=500)
     db_max_overflow: int = Field(default=0, ge=0, le=500)
     api_key_cache_seconds: float = Field(default=30.0, ge=0)
+    # Rate limits (docs/operations.md, "Rate limits"): token buckets per API key and per client address.
+    rate_limit_enabled: bool = Field(default=True, description="false: no request is ever refused with 429")
+    rate_limit_per_second: float = Field(
+        default=10_000.0,
+        ge=0,
+        le=10_000_000,
+        description="Requests a second per API key, over all instances, unless the key has its own; 0 = none",
+    )
+    rate_limit_burst: int = Field(
+        default=20_000, ge=1, le=100_000_000, description="Requests a key may send at once above its rate"
+    )
+    rate_limit_auth_failures_per_second: float = Field(
+        default=10.0,
+        ge=0,
+        le=1_000_000,
+        description="Failed authentications a second per client address; 0 = not limited",
+    )
+    rate_limit_auth_failures_burst: int = Field(default=100, ge=1, le=10_000_000)
+    rate_limit_sync_seconds: float = Field(
+        default=0.1, gt=0, le=10, description="How often each process shares its counts through Redis"
+    )
     # The lookup cache (docs/design.md, "Lookup cache"): an in-process LRU in front of Redis.
     cache_local_seconds: float = Field(
         default=30.0,

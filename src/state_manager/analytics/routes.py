@@ -12,7 +12,7 @@ from fastapi.responses import Response
 from state_manager.analytics import reporting
 from state_manager.analytics.periods import Granularity
 from state_manager.analytics.schemas import AgentReport, ConversationReport, CustomerReport, MessageReport
-from state_manager.deps import ServicesDep, get_tenant_scope, presented_key
+from state_manager.deps import ServicesDep, client_address, get_tenant_scope, presented_key
 from state_manager.errors import Forbidden
 from state_manager.tenants.schemas import TENANT_ID_PATTERN, KeyKind
 
@@ -36,7 +36,8 @@ async def report_scope(
         tenant = await get_tenant_scope(request)
         return reporting.Scope(tenant_ids=(tenant.tenant_id,), tenant_id=tenant.tenant_id)
     principal = await services.auth.principal(
-        presented_key(request.headers.get("authorization"), request.headers.get("x-api-key"))
+        presented_key(request.headers.get("authorization"), request.headers.get("x-api-key")),
+        client_address(request),
     )
     if principal.kind is not KeyKind.ADMIN:
         raise Forbidden("an organization's roll-up needs an admin key")

@@ -53,8 +53,10 @@ from state_manager.tenants.schemas import TENANT_ID_PATTERN
 # name, so a file from before a migration that only added tables, or columns that are nullable or have a
 # default, loads as it is (`check_restorable` still checks its columns). A migration that changes what a
 # value means needs a rewrite of the rows instead, and its predecessors stay out. Every file so far was
-# written at the current revision.
-RESTORABLE_REVISIONS: dict[str, str] = {}
+# written at the current revision before 0010.
+RESTORABLE_REVISIONS: dict[str, str] = {
+    "0009": "0010 only added api_keys' nullable rate limit columns (NULL: the settings' default)",
+}
 
 
 Progress = Callable[[str, int], None]  # (table, rows of it read so far)

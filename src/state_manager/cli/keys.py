@@ -79,6 +79,18 @@ def key_create(
     tenant: Annotated[
         str | None, typer.Option("--tenant", help="The tenant a tenant key acts for (tenant keys only).")
     ] = None,
+    rate_limit: Annotated[
+        float | None,
+        typer.Option(
+            "--rate-limit",
+            help="The key's own requests a second over all instances (0: none); "
+            "default RATE_LIMIT_PER_SECOND.",
+        ),
+    ] = None,
+    burst: Annotated[
+        int | None,
+        typer.Option("--burst", help="Requests at once above the rate; default two seconds' worth."),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the key and its details as one JSON object.")
     ] = False,
@@ -91,7 +103,14 @@ def key_create(
     from state_manager.tenants import service
     from state_manager.tenants.schemas import ApiKeyCreate
 
-    data = build(ApiKeyCreate, kind=kind, name=name, tenant_id=tenant)
+    data = build(
+        ApiKeyCreate,
+        kind=kind,
+        name=name,
+        tenant_id=tenant,
+        rate_limit_per_second=rate_limit,
+        rate_limit_burst=burst,
+    )
     settings = load_settings()
 
     async def work(db: Database) -> ApiKeyCreated:
@@ -159,5 +178,50 @@ def key_revoke(
         _key_table([revoked])
     note(
         f"key {revoked.id} is revoked; running servers refuse it within "
+        f"{settings.api_key_cache_seconds:g} s (API_KEY_CACHE_SECONDS)"
+    )
+
+
+@keys.command("set-limit")
+def key_set_limit(
+    key: Annotated[
+        str,
+        typer.Argument(
+            metavar="KEY_ID", help="The key's ID, its smk_<prefix> as `keys list` shows it, or the key."
+        ),
+    ],
+    rate_limit: Annotated[
+        float | None,
+        typer.Option("--rate-limit", help="Requests a second over all instances; 0: no limit."),
+    ] = None,
+    burst: Annotated[
+        int | None,
+        typer.Option("--burst", help="Requests at once above the rate; default two seconds' worth."),
+    ] = None,
+    default: Annotated[
+        bool, typer.Option("--default", help="Back to RATE_LIMIT_PER_SECOND and RATE_LIMIT_BURST.")
+    ] = False,
+    as_json: Annotated[bool, JsonOption] = False,
+) -> None:
+    """Set a key's own rate limit. Running servers apply it within API_KEY_CACHE_SECONDS."""
+    from state_manager.tenants import service
+    from state_manager.tenants.schemas import ApiKeyUpdate
+
+    if default == (rate_limit is not None or burst is not None):
+        raise typer.BadParameter("give --rate-limit (and --burst), or --default")
+    data = build(ApiKeyUpdate, rate_limit_per_second=rate_limit, rate_limit_burst=burst)
+    settings = load_settings()
+
+    async def work(db: Database) -> ApiKeyRead:
+        async with db.transaction(None) as conn:
+            return await service.update_key(conn, await _key_id(conn, key), data)
+
+    updated = with_database(settings, work)
+    if as_json:
+        print_json(updated)
+    else:
+        _key_table([updated])
+    note(
+        f"key {updated.id}: running servers apply the new limit within "
         f"{settings.api_key_cache_seconds:g} s (API_KEY_CACHE_SECONDS)"
     )

@@ -8,13 +8,14 @@ from typing import Annotated
 from fastapi import APIRouter, Request, WebSocket
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from state_manager.deps import Services, TenantDep, presented_key
+from state_manager.deps import Services, TenantDep, client_address, presented_key
 from state_manager.errors import (
     BadRequest,
     EventsTrimmed,
     Forbidden,
     NotFound,
     StateManagerError,
+    TooManyRequests,
     Unauthorized,
 )
 from state_manager.events import service
@@ -31,6 +32,7 @@ _CLOSE_CODES: dict[type[StateManagerError], int] = {
     NotFound: 4404,
     BadRequest: 4400,
     EventsTrimmed: 4410,
+    TooManyRequests: 4429,
 }
 
 
@@ -67,7 +69,8 @@ async def subscribe(websocket: WebSocket) -> None:
     await websocket.accept()
     try:
         principal = await services.auth.principal(
-            presented_key(headers.get("authorization"), headers.get("x-api-key") or query.get("api_key"))
+            presented_key(headers.get("authorization"), headers.get("x-api-key") or query.get("api_key")),
+            client_address(websocket),
         )
         tenant_id = await services.auth.tenant_for(
             principal, headers.get("x-tenant-id") or query.get("tenant")

@@ -64,7 +64,14 @@ async def all_checks(services: Services) -> dict[str, dict[str, Any]]:
         run_check("database", services.db.ping), cache_check(services), queues_check(services)
     )
     # The bus away is not the events away: numbering goes on and subscribers are fed from the table.
-    return {"database": database, "cache": cache, "queues": queues, "events": services.events.report()}
+    # Rate limits without Redis are each process's own: "degraded", admitting more, never less.
+    return {
+        "database": database,
+        "cache": cache,
+        "queues": queues,
+        "events": services.events.report(),
+        "rate_limits": services.auth.limiter.report(),
+    }
 
 
 def verdict(checks: dict[str, dict[str, Any]]) -> str:
@@ -72,7 +79,8 @@ def verdict(checks: dict[str, dict[str, Any]]) -> str:
     not wrong)."""
     if checks["database"]["status"] != "ok":
         return "failed"
-    if any(checks[name]["status"] not in ("ok", "not_used") for name in ("cache", "queues", "events")):
+    optional = ("cache", "queues", "events", "rate_limits")
+    if any(checks[name]["status"] not in ("ok", "not_used") for name in optional if name in checks):
         return "degraded"
     return "ok"
 

@@ -116,6 +116,18 @@ CACHE_CIRCUIT_OPEN = Gauge(
     "1 while the circuit to Redis is open (Redis skipped), else 0",
     multiprocess_mode="max",
 )
+RATE_LIMITED = PerCache(
+    Counter(
+        "state_manager_rate_limited_total",
+        "Requests refused with 429, by the kind of key (tenant, service, admin), or auth-failures for a "
+        "client address that failed to authenticate too often",
+        ["kind"],
+    )
+)
+RATE_LIMIT_REDIS_ERRORS = Counter(
+    "state_manager_rate_limit_redis_errors_total",
+    "Rate limit syncs with Redis that failed (each process then limits on its own)",
+)
 
 EVENTS_NUMBERED = Counter("state_manager_events_numbered_total", "Events numbered by this process's relay")
 EVENT_RELAY_ERRORS = Counter(

@@ -13,6 +13,7 @@ from state_manager.errors import BadRequest, PayloadTooLarge
 from state_manager.http_errors import problem_response
 from state_manager.observability.logging import request_id_var, request_key_var
 from state_manager.observability.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from state_manager.ratelimit.buckets import limit_headers_var
 
 access_log = logging.getLogger("state_manager.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -39,6 +40,8 @@ class RequestMiddleware:
         token = request_id_var.set(request_id)
         key_ids: list[str] = []
         key_token = request_key_var.set(key_ids)
+        limit_headers: list[tuple[bytes, bytes]] = []  # RateLimit-* of the request's key, if it has a limit
+        limit_token = limit_headers_var.set(limit_headers)
         started = time.perf_counter()
         status = 500
         limit = self.max_body_bytes
@@ -57,7 +60,11 @@ class RequestMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                    *limit_headers,
+                ]
             await send(message)
 
         try:
@@ -88,5 +95,6 @@ class RequestMiddleware:
             if key_ids:
                 extra["key_id"] = key_ids[-1]
             access_log.info("%s %s %s", method, scope["path"], status, extra=extra)
+            limit_headers_var.reset(limit_token)
             request_key_var.reset(key_token)
             request_id_var.reset(token)

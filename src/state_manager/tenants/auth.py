@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from state_manager.db.database import Database
-from state_manager.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from state_manager.errors import BadRequest, Forbidden, NotFound, TooManyRequests, Unauthorized
+from state_manager.observability import metrics
 from state_manager.observability.logging import note_request_key
+from state_manager.ratelimit import Limit, RateLimiter, RateLimitPolicy, Refused, limit_headers_var
 from state_manager.tenants import service
 from state_manager.tenants.schemas import KeyKind
 
@@ -28,6 +30,7 @@ class Principal:
     kind: KeyKind
     tenant_id: str | None  # the tenant a tenant key is bound to
     key_id: str | None  # None when authentication is disabled
+    limit: Limit | None = None  # its rate limit, the settings' default unless it has its own; None: none
 
 
 ANONYMOUS_ADMIN = Principal(kind=KeyKind.ADMIN, tenant_id=None, key_id=None)
@@ -47,6 +50,13 @@ class _Remembered(Generic[V]):
         self._entries: dict[str, tuple[float, V]] = {}
         self._loading: dict[str, asyncio.Task[V]] = {}
         self._cleared = 0  # a load that began before the last clear() is not kept
+
+    def known(self, key: str) -> tuple[bool, V | None]:
+        """(True, value) if an unexpired answer is kept for `key`; never loads."""
+        entry = self._entries.get(key)
+        if entry is None or entry[0] <= time.monotonic():
+            return False, None
+        return True, entry[1]
 
     async def get(self, key: str, load: Callable[[], Awaitable[V]]) -> V:
         if self._ttl <= 0:
@@ -93,11 +103,43 @@ def valid_tenant_id(value: str) -> str:
     return value
 
 
+def _refused(refused: Refused, detail: str, scope: str) -> TooManyRequests:
+    limit = refused.limit
+    return TooManyRequests(
+        detail,
+        extra={
+            "scope": scope,
+            "retry_after": refused.retry_after,
+            "limit_per_second": limit.per_second,
+            "burst": limit.burst,
+        },
+        headers={
+            "Retry-After": str(refused.retry_after),
+            "RateLimit-Limit": str(limit.burst),
+            "RateLimit-Remaining": "0",
+            "RateLimit-Reset": str(refused.retry_after),
+        },
+    )
+
+
 class Authenticator:
-    def __init__(self, db: Database, *, cache_seconds: float, required: bool, default_tenant_id: str) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        cache_seconds: float,
+        required: bool,
+        default_tenant_id: str,
+        limiter: RateLimiter | None = None,
+        limits: RateLimitPolicy | None = None,
+    ) -> None:
         self._db = db
         self.required = required
         self.default_tenant_id = default_tenant_id
+        self.limiter = limiter or RateLimiter()
+        self.limits = limits or RateLimitPolicy(enabled=False, key_default=None, auth_failures=None)
+        # Failed authentications are counted per client address only when limits are on.
+        self._failures = self.limits.auth_failures if self.limits.enabled else None
         self._keys: _Remembered[Principal | None] = _Remembered(cache_seconds)
         self._tenants: _Remembered[str] = _Remembered(cache_seconds)
 
@@ -106,7 +148,9 @@ class Authenticator:
         self._keys.clear()
         self._tenants.clear()
 
-    async def principal(self, presented: str | None) -> Principal:
+    async def principal(self, presented: str | None, client: str | None = None) -> Principal:
+        """The key's principal, once within its rate limit. `client` is the caller's address: an address
+        that fails to authenticate too often is refused (429) before its keys reach the database."""
         if not self.required:
             return ANONYMOUS_ADMIN
         if not presented:
@@ -117,13 +161,37 @@ class Authenticator:
                 verified = await service.verify_key(conn, presented)
             if verified is None:
                 return None
-            return Principal(kind=verified.kind, tenant_id=verified.tenant_id, key_id=str(verified.id))
+            return Principal(
+                kind=verified.kind,
+                tenant_id=verified.tenant_id,
+                key_id=str(verified.id),
+                limit=self.limits.key_limit(verified.rate_limit_per_second, verified.rate_limit_burst),
+            )
 
-        found = await self._keys.get(hashlib.sha256(presented.encode()).hexdigest(), verify)
+        digest = hashlib.sha256(presented.encode()).hexdigest()
+        failures = self._failures
+        if failures is not None and client is not None:
+            refused = self.limiter.exhausted("auth-failures:" + client)
+            if refused is not None:
+                _, remembered = self._keys.known(digest)
+                if remembered is None:  # only a key this process already verified gets through
+                    metrics.RATE_LIMITED.child("auth-failures").inc()
+                    raise _refused(refused, "too many failed authentications from this address", "address")
+        found = await self._keys.get(digest, verify)
         if found is None:
+            if failures is not None and client is not None:
+                refused = self.limiter.take("auth-failures:" + client, failures)
+                if refused is not None:
+                    metrics.RATE_LIMITED.child("auth-failures").inc()
+                    raise _refused(refused, "too many failed authentications from this address", "address")
             raise Unauthorized("unknown or revoked API key")
         if found.key_id is not None:
             note_request_key(found.key_id)
+            if found.limit is not None:
+                refused = self.limiter.take("key:" + found.key_id, found.limit, limit_headers_var.get())
+                if refused is not None:
+                    metrics.RATE_LIMITED.child(found.kind.value).inc()
+                    raise _refused(refused, "this key sent more requests than its rate limit allows", "key")
         return found
 
     async def tenant_for(self, principal: Principal, requested: str | None) -> str:

@@ -6,8 +6,10 @@ no row-level security; every table holding a tenant's data does.
 
 from sqlalchemy import (
     Column,
+    Float,
     ForeignKey,
     Index,
+    Integer,
     String,
     Table,
     Uuid,
@@ -48,5 +50,8 @@ api_keys = Table(
     Column("name", String(200), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("revoked_at", UTCDateTime, nullable=True),
+    # The key's own rate limit (migration 0010); NULL: the settings' default; a rate of 0: no limit.
+    Column("rate_limit_per_second", Float, nullable=True),
+    Column("rate_limit_burst", Integer, nullable=True),
     Index(None, "tenant_id"),
 )

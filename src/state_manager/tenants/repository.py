@@ -72,7 +72,15 @@ async def update_tenant(conn: AsyncConnection, id: str, values: dict[str, Any]) 
 
 
 async def insert_key(
-    conn: AsyncConnection, *, prefix: str, secret_hash: str, kind: str, name: str, tenant_id: str | None
+    conn: AsyncConnection,
+    *,
+    prefix: str,
+    secret_hash: str,
+    kind: str,
+    name: str,
+    tenant_id: str | None,
+    rate_limit_per_second: float | None = None,
+    rate_limit_burst: int | None = None,
 ) -> RowMapping:
     statement = (
         api_keys.insert()
@@ -84,6 +92,8 @@ async def insert_key(
             name=name,
             tenant_id=tenant_id,
             created_at=utcnow(),
+            rate_limit_per_second=rate_limit_per_second,
+            rate_limit_burst=rate_limit_burst,
         )
         .returning(api_keys)
     )
@@ -98,11 +108,27 @@ async def find_key_by_prefix(conn: AsyncConnection, prefix: str) -> RowMapping |
     return found
 
 
+async def find_key_by_id(conn: AsyncConnection, key_id: uuid.UUID) -> RowMapping | None:
+    found: RowMapping | None = (
+        (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).mappings().first()
+    )
+    return found
+
+
 async def list_keys(conn: AsyncConnection, tenant_id: str | None) -> Sequence[RowMapping]:
     query = select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
     if tenant_id is not None:
         query = query.where(api_keys.c.tenant_id == tenant_id)
     return (await conn.execute(query)).mappings().all()
+
+
+async def update_key_limit(
+    conn: AsyncConnection, key_id: uuid.UUID, values: dict[str, Any]
+) -> RowMapping | None:
+    """Sets the rate limit columns named in `values`; None when there is no such key."""
+    statement = update(api_keys).where(api_keys.c.id == key_id).values(**values).returning(api_keys)
+    row: RowMapping | None = (await conn.execute(statement)).mappings().first()
+    return row
 
 
 async def revoke_key(conn: AsyncConnection, key_id: uuid.UUID) -> RowMapping | None:

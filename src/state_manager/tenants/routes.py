@@ -13,6 +13,7 @@ from state_manager.tenants.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyRead,
+    ApiKeyUpdate,
     OrganizationCreate,
     OrganizationRead,
     TenantCreate,
@@ -74,6 +75,16 @@ async def create_key(body: ApiKeyCreate, _: AdminDep, services: ServicesDep) -> 
 async def list_keys(_: AdminDep, services: ServicesDep, tenant_id: str | None = None) -> list[ApiKeyRead]:
     async with services.db.transaction(None, write=False) as conn:
         return await service.list_keys(conn, tenant_id)
+
+
+@admin.patch("/keys/{key_id}", summary="Change a key's rate limit")
+async def update_key(key_id: uuid.UUID, body: ApiKeyUpdate, _: AdminDep, services: ServicesDep) -> ApiKeyRead:
+    """Fields left out stay as they are; null puts the settings' default back; a rate of 0 is no limit.
+    This instance applies it at once, others within API_KEY_CACHE_SECONDS."""
+    async with services.db.transaction(None) as conn:
+        updated = await service.update_key(conn, key_id, body)
+    services.auth.forget()
+    return updated
 
 
 @admin.delete("/keys/{key_id}")

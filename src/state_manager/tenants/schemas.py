@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import uuid
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -75,12 +76,43 @@ class TenantRead(BaseModel):
     updated_at: dt.datetime
 
 
+RateLimitPerSecond = Annotated[
+    float | None,
+    Field(
+        ge=0,
+        le=10_000_000,
+        description="The key's own limit, requests a second over all instances; null: RATE_LIMIT_PER_SECOND; "
+        "0: no limit",
+    ),
+]
+RateLimitBurst = Annotated[
+    int | None,
+    Field(
+        ge=1,
+        le=100_000_000,
+        description="Requests the key may send at once above its rate; null: two seconds of its own rate, "
+        "or RATE_LIMIT_BURST without one",
+    ),
+]
+
+
 class ApiKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: KeyKind
     name: str = Field(min_length=1, max_length=200)
     tenant_id: str | None = Field(default=None, pattern=TENANT_ID_PATTERN)
+    rate_limit_per_second: RateLimitPerSecond = None
+    rate_limit_burst: RateLimitBurst = None
+
+
+class ApiKeyUpdate(BaseModel):
+    """A key's rate limit; a field left out is unchanged, null puts the settings' default back."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate_limit_per_second: RateLimitPerSecond = None
+    rate_limit_burst: RateLimitBurst = None
 
 
 class ApiKeyRead(BaseModel):
@@ -91,6 +123,8 @@ class ApiKeyRead(BaseModel):
     tenant_id: str | None
     created_at: dt.datetime
     revoked_at: dt.datetime | None
+    rate_limit_per_second: float | None = None
+    rate_limit_burst: int | None = None
 
 
 class ApiKeyCreated(ApiKeyRead):

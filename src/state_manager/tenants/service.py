@@ -16,6 +16,7 @@ from state_manager.tenants.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyRead,
+    ApiKeyUpdate,
     KeyKind,
     OrganizationCreate,
     OrganizationRead,
@@ -101,6 +102,8 @@ async def create_key(conn: AsyncConnection, data: ApiKeyCreate) -> ApiKeyCreated
             kind=data.kind.value,
             name=data.name,
             tenant_id=data.tenant_id,
+            rate_limit_per_second=data.rate_limit_per_second,
+            rate_limit_burst=data.rate_limit_burst,
         )
     except IntegrityError as exc:  # a prefix collision: 64 random bits, practically never
         raise Conflict("key prefix collision; try again") from exc
@@ -109,6 +112,19 @@ async def create_key(conn: AsyncConnection, data: ApiKeyCreate) -> ApiKeyCreated
 
 async def list_keys(conn: AsyncConnection, tenant_id: str | None = None) -> list[ApiKeyRead]:
     return [ApiKeyRead.model_validate(dict(row)) for row in await repo.list_keys(conn, tenant_id)]
+
+
+async def update_key(conn: AsyncConnection, key_id: uuid.UUID, data: ApiKeyUpdate) -> ApiKeyRead:
+    """Changes what the body names of a key's rate limit (servers apply it within API_KEY_CACHE_SECONDS)."""
+    values = data.model_dump(include=data.model_fields_set)
+    row = (
+        await repo.update_key_limit(conn, key_id, values)
+        if values
+        else (await repo.find_key_by_id(conn, key_id))
+    )
+    if row is None:
+        raise NotFound(f"key {key_id} not found")
+    return ApiKeyRead.model_validate(dict(row))
 
 
 async def revoke_key(conn: AsyncConnection, key_id: uuid.UUID) -> ApiKeyRead:
@@ -123,6 +139,8 @@ class VerifiedKey:
     id: uuid.UUID
     kind: KeyKind
     tenant_id: str | None
+    rate_limit_per_second: float | None = None
+    rate_limit_burst: int | None = None
 
 
 async def verify_key(conn: AsyncConnection, plaintext: str) -> VerifiedKey | None:
@@ -133,7 +151,13 @@ async def verify_key(conn: AsyncConnection, plaintext: str) -> VerifiedKey | Non
     row = await repo.find_key_by_prefix(conn, prefix)
     if row is None or row["revoked_at"] is not None or not keys.matches(secret, row["secret_hash"]):
         return None
-    return VerifiedKey(id=row["id"], kind=KeyKind(row["kind"]), tenant_id=row["tenant_id"])
+    return VerifiedKey(
+        id=row["id"],
+        kind=KeyKind(row["kind"]),
+        tenant_id=row["tenant_id"],
+        rate_limit_per_second=row["rate_limit_per_second"],
+        rate_limit_burst=row["rate_limit_burst"],
+    )
 
 
 @dataclass(frozen=True, slots=True)
