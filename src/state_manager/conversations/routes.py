@@ -91,7 +91,9 @@ async def list_conversations(
 
 
 class OpenLookup(BaseModel):
-    wa_id: str | None = Field(default=None, description="WhatsApp ID; shorthand for channel=whatsapp")
+    wa_id: str | None = Field(
+        default=None, min_length=1, max_length=256, description="WhatsApp ID; shorthand for channel=whatsapp"
+    )
     channel: IdentityChannel | None = None
     external_id: str | None = Field(default=None, max_length=256)
     business_number_id: str | None = Field(
