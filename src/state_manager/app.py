@@ -13,7 +13,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
-from state_manager import http_errors, startup
+from state_manager import http_errors, openapi_errors, startup
 from state_manager.analytics.projector import AnalyticsProjector
 from state_manager.analytics.routes import router as analytics_router
 from state_manager.analytics.system_routes import router as system_health_router
@@ -205,6 +205,7 @@ def _document_auth_headers(app: FastAPI) -> None:
                     operation["security"] = [{"bearer": []}, {"apiKey": []}]
                     if not path.startswith("/v1/admin/"):
                         operation.setdefault("parameters", []).append(_TENANT_HEADER)
+            openapi_errors.document_errors(document)
             app.openapi_schema = document
         return app.openapi_schema
 
