@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match, Route
 
 from state_manager.errors import (
     PROBLEM_BASE,
@@ -63,8 +64,27 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
     )
 
 
+def _allowed_methods(request: Request) -> str | None:
+    """Every method some route serves at this path: Starlette's 405 names only the first route's, and a
+    path served by two routes (GET and PATCH of one resource) then lists one method."""
+    matching = [
+        route
+        for route in request.app.router.routes
+        # The old API's catch-all answers any method with its 404: not an allowed one.
+        if isinstance(route, Route) and route.methods and route.include_in_schema
+        if route.matches(request.scope)[0] is not Match.NONE
+    ]
+    # A literal path (/v1/messages/inbound) is its own resource, not an ID of the templated one beside it.
+    literal = [route for route in matching if "{" not in route.path]
+    methods = {method for route in literal or matching for method in route.methods or ()}
+    return ", ".join(sorted(methods)) if methods else None
+
+
 async def _on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405 and (allowed := _allowed_methods(request)):
+        headers["Allow"] = allowed
     body = {
         "type": PROBLEM_BASE + f"http-{exc.status_code}",
         "title": str(exc.detail) if exc.status_code != 404 else "Not found",
@@ -73,9 +93,7 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
         "code": f"http-{exc.status_code}",
         "instance": request.url.path,
     }
-    return Response(
-        orjson.dumps(body), status_code=exc.status_code, media_type=PROBLEM_JSON, headers=exc.headers
-    )
+    return Response(orjson.dumps(body), status_code=exc.status_code, media_type=PROBLEM_JSON, headers=headers)
 
 
 async def _on_integrity_error(request: Request, exc: Exception) -> Response:
