@@ -63,6 +63,10 @@ ParamsDep = Annotated[reporting.Params, Depends(report_params)]
 FormatQuery = Annotated[Format, Query(description="json, or csv: the series (agents: one row each)")]
 
 
+# FastAPI documents the response model's JSON; format=csv answers text.
+CSV_TOO: dict[int | str, dict[str, Any]] = {200: {"content": {"text/csv": {"schema": {"type": "string"}}}}}
+
+
 def _answer(report: dict[str, Any], rows_key: str, fmt: Format, name: str) -> Any:
     if fmt is Format.CSV:
         return Response(
@@ -73,7 +77,12 @@ def _answer(report: dict[str, Any], rows_key: str, fmt: Format, name: str) -> An
     return report
 
 
-@router.get("/conversations", response_model=ConversationReport, summary="Conversation KPIs per period")
+@router.get(
+    "/conversations",
+    response_model=ConversationReport,
+    responses=CSV_TOO,
+    summary="Conversation KPIs per period",
+)
 async def conversations(
     scope: ScopeDep, params: ParamsDep, services: ServicesDep, format: FormatQuery = Format.JSON
 ) -> Any:
@@ -81,7 +90,9 @@ async def conversations(
     return _answer(report, "series", format, "conversations")
 
 
-@router.get("/messages", response_model=MessageReport, summary="Delivery, read and failure figures")
+@router.get(
+    "/messages", response_model=MessageReport, responses=CSV_TOO, summary="Delivery, read and failure figures"
+)
 async def messages(
     scope: ScopeDep, params: ParamsDep, services: ServicesDep, format: FormatQuery = Format.JSON
 ) -> Any:
@@ -90,7 +101,10 @@ async def messages(
 
 
 @router.get(
-    "/customers", response_model=CustomerReport, summary="New and returning customers, channels, hours"
+    "/customers",
+    response_model=CustomerReport,
+    responses=CSV_TOO,
+    summary="New and returning customers, channels, hours",
 )
 async def customers(
     scope: ScopeDep, params: ParamsDep, services: ServicesDep, format: FormatQuery = Format.JSON
@@ -99,7 +113,12 @@ async def customers(
     return _answer(report, "series", format, "customers")
 
 
-@router.get("/agents", response_model=AgentReport, summary="Per agent: handled, response times, load")
+@router.get(
+    "/agents",
+    response_model=AgentReport,
+    responses=CSV_TOO,
+    summary="Per agent: handled, response times, load",
+)
 async def agents(
     scope: ScopeDep, params: ParamsDep, services: ServicesDep, format: FormatQuery = Format.JSON
 ) -> Any:
