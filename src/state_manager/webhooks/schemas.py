@@ -8,7 +8,7 @@ import enum
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from state_manager.conversations.lifecycle import ConversationState
 from state_manager.conversations.schemas import BUSINESS_NUMBER_ID
@@ -45,7 +45,7 @@ class WaMessage(_Tolerant):
 
 
 class WaError(_Tolerant):
-    code: int | str | None = None
+    code: StrictInt | str | None = None  # never a boolean read as 0 (lax int mode)
     title: str | None = Field(default=None, max_length=512)
     message: str | None = Field(default=None, max_length=4096)
     error_data: dict[str, Any] | None = None
