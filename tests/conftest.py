@@ -35,6 +35,7 @@ from harness import (
     REDIS_URL,
     Api,
     Broker,
+    PostgresCluster,
     RedisServer,
     Server,
     ServerProcess,
@@ -242,6 +243,22 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster of the test's own, with the database `state_manager` migrated, which the test
+    may stop and start (the shared server is never touched). Removed afterwards, whatever happened."""
+    cluster = PostgresCluster()
+    try:
+        problem = cluster.init()
+        if problem is not None:
+            unavailable("a PostgreSQL cluster of the test's own", problem)
+        done = run_cli("migrate", env=clean_env(DATABASE_URL=cluster.url()), cwd=tmp_path)
+        assert done.returncode == 0, f"state-manager migrate failed:\n{done.stderr}"
+        yield cluster
+    finally:
+        cluster.destroy()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -628,3 +629,121 @@ class RedisServer:
             self.process.kill()
             self.process.wait(timeout=10)
             self.process = None
+
+
+class PostgresCluster:
+    """A PostgreSQL cluster of the test's own (initdb, pg_ctl) on a free port, to stop and start mid-test.
+
+    The shared server on 5432 is never touched. Run as root, the cluster runs as the `postgres` user
+    (PostgreSQL refuses root), in a directory of its own under the system's temporary directory (pytest's
+    are readable by their owner only). `init()` says why it cannot run here, or None.
+    """
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self.bin_dir = self.find_bin_dir()
+        self.workdir = Path(tempfile.mkdtemp(prefix="sm-pg-"))
+        self.data_dir = self.workdir / "data"
+        self.log_path = self.workdir / "postgres.log"
+        self.port = free_port()
+
+    @staticmethod
+    def find_bin_dir() -> Path | None:
+        root = Path("/usr/lib/postgresql")
+        versions = (
+            sorted(root.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else 0)
+            if root.is_dir()
+            else []
+        )
+        for version in reversed(versions):
+            if (version / "bin" / "initdb").exists():
+                return version / "bin"
+        found = shutil.which("pg_ctl")
+        return Path(found).resolve().parent if found else None
+
+    @property
+    def bin(self) -> Path:
+        assert self.bin_dir is not None, "no PostgreSQL server programs"
+        return self.bin_dir
+
+    def _as_postgres(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        command = list(args)
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+
+    @property
+    def admin_dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def url(self, database: str = "state_manager") -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def init(self) -> str | None:
+        """initdb and a first start, with the database `state_manager`; None, or why it failed."""
+        if self.bin_dir is None:
+            return "PostgreSQL's server programs (initdb, pg_ctl) are not installed"
+        if os.geteuid() == 0:
+            import pwd
+
+            try:
+                entry = pwd.getpwnam("postgres")
+            except KeyError:
+                return "running as root and there is no `postgres` user to run a cluster as"
+            os.chown(self.workdir, entry.pw_uid, entry.pw_gid)
+        self.workdir.chmod(0o755)
+        done = self._as_postgres(
+            str(self.bin / "initdb"), "-D", str(self.data_dir), "-A", "trust", "-U", "postgres",
+            "--no-sync", "-E", "UTF8",
+        )  # fmt: skip
+        if done.returncode != 0:
+            return f"initdb failed: {done.stderr.strip()[-500:]}"
+        with (self.data_dir / "postgresql.conf").open("a") as conf:
+            conf.write(
+                f"port = {self.port}\nlisten_addresses = '127.0.0.1'\n"
+                f"unix_socket_directories = '{self.workdir}'\nfsync = off\nmax_connections = 100\n"
+            )
+        problem = self.start()
+        if problem is not None:
+            return problem
+        _in_thread(_execute_on(self.admin_dsn, "CREATE DATABASE state_manager"))
+        return None
+
+    def start(self) -> str | None:
+        done = self._as_postgres(
+            str(self.bin / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path), "-w", "-t",
+            "60", "start",
+        )  # fmt: skip
+        if done.returncode != 0:
+            return f"pg_ctl start failed: {done.stdout.strip()[-300:]} {done.stderr.strip()[-300:]}"
+        return None
+
+    def stop(self, mode: str = "fast") -> None:
+        """`pg_ctl stop -m fast` (sessions ended, a clean shutdown) or `immediate` (as a crash: no
+        checkpoint; recovery replays the WAL at the next start)."""
+        if not (self.data_dir / "postmaster.pid").exists():
+            return
+        done = self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop")
+        assert done.returncode == 0, f"pg_ctl stop failed: {done.stdout} {done.stderr}"
+
+    def destroy(self) -> None:
+        try:
+            self.stop("immediate")
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+async def _execute_on(dsn: str, *statements: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn, timeout=5)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()

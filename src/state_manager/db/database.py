@@ -24,6 +24,10 @@ from state_manager.settings import Settings
 
 RETRY_AFTER_SECONDS = "2"
 LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout
+# A server shutting down, restarting after a crash, or still starting: admin_shutdown, crash_shutdown,
+# cannot_connect_now. asyncpg raises them as plain PostgresErrors (not connection errors), and SQLAlchemy
+# as a bare DBAPIError; class 08 is a connection exception.
+SERVER_GOING_AWAY = frozenset({"57P01", "57P02", "57P03"})
 _HOOKS = "state_manager_transaction_hooks"
 
 
@@ -80,13 +84,16 @@ class Database(abc.ABC):
         try:
             async with self._begin(tenant_id, write, lock_timeout) as conn:
                 # conn.info lives as long as the pooled connection: the hooks leave it with the block.
-                conn.info[_HOOKS] = hooks
+                # Taken once: a connection the database dropped refuses `conn.info` until it is rolled
+                # back (PendingRollbackError), which would hide the loss, a 503, behind a 500.
+                info = conn.info
+                info[_HOOKS] = hooks
                 try:
                     yield conn
                     for work in hooks.before_commit:
                         await work(conn)
                 finally:
-                    del conn.info[_HOOKS]
+                    info.pop(_HOOKS, None)
         except Exception as exc:
             # A task cancelled inside a transaction can see SQLAlchemy's rollback fail instead
             # (PendingRollbackError, seen on SQLite): a loop catching Exception would then miss its
@@ -109,7 +116,12 @@ class Database(abc.ABC):
                 "the database is unavailable; retry later", headers={"Retry-After": RETRY_AFTER_SECONDS}
             )
         if isinstance(exc, DBAPIError):
-            if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+            sqlstate = getattr(exc.orig, "sqlstate", None)
+            if sqlstate in SERVER_GOING_AWAY or (isinstance(sqlstate, str) and sqlstate.startswith("08")):
+                return Unavailable(
+                    "the database is unavailable; retry later", headers={"Retry-After": RETRY_AFTER_SECONDS}
+                )
+            if sqlstate == LOCK_NOT_AVAILABLE:
                 return LockTimeout(
                     "a row this needs stayed locked by other work; retry",
                     headers={"Retry-After": RETRY_AFTER_SECONDS},

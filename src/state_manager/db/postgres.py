@@ -8,10 +8,10 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import event, text
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
-from state_manager.db.database import RETRY_AFTER_SECONDS, Database
+from state_manager.db.database import RETRY_AFTER_SECONDS, SERVER_GOING_AWAY, Database
 from state_manager.errors import Unavailable
 from state_manager.settings import Settings
 
@@ -84,11 +84,23 @@ class PostgresDatabase(Database):
             conn = await self.engine.connect()
         except (OperationalError, InterfaceError, OSError) as exc:
             raise lost from exc
+        except DBAPIError as exc:  # "the database system is shutting down" / "starting up"
+            if getattr(exc.orig, "sqlstate", None) not in SERVER_GOING_AWAY:
+                raise
+            raise lost from exc
         try:
             driver = (await conn.get_raw_connection()).driver_connection
             assert isinstance(driver, asyncpg.Connection)
             yield driver
-        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+        except (
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+            OSError,
+            # The server ended the session (a fast or immediate shutdown, a crash of another backend).
+            asyncpg.AdminShutdownError,
+            asyncpg.CrashShutdownError,
+            asyncpg.CannotConnectNowError,
+        ) as exc:
             await conn.invalidate()  # never hand a broken connection to the next request
             raise lost from exc
         finally:
