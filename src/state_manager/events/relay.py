@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -97,7 +98,11 @@ class EventRelay:
         if tenant_id in self._running:
             self._again.add(tenant_id)
             return
-        task = asyncio.get_running_loop().create_task(self._work(tenant_id), name=f"event-relay:{tenant_id}")
+        # In a context of its own: the request whose commit woke it would otherwise lend the run its
+        # request ID, and every log line of the run would name that request.
+        task = asyncio.get_running_loop().create_task(
+            self._work(tenant_id), name=f"event-relay:{tenant_id}", context=contextvars.Context()
+        )
         self._running[tenant_id] = task
 
     async def _work(self, tenant_id: str) -> None:
