@@ -13,7 +13,7 @@ from starlette.requests import HTTPConnection
 
 from state_manager.cache import LookupCache
 from state_manager.db import Database
-from state_manager.errors import Forbidden
+from state_manager.errors import BadRequest, Forbidden
 from state_manager.events.service import EventSystem
 from state_manager.messages.inbound import InboundRecorder
 from state_manager.queues.consumer import QueueConsumers
@@ -110,6 +110,15 @@ class TenantScope:
             yield conn
 
 
+def tenant_header(request: HTTPConnection) -> str | None:
+    """X-Tenant-ID, sent once: two of them (one added by a proxy, one by the caller) would be read as the
+    first here and maybe as the last elsewhere, so they are refused (400)."""
+    values = request.headers.getlist("x-tenant-id")
+    if len(values) > 1:
+        raise BadRequest("send X-Tenant-ID once")
+    return values[0] if values else None
+
+
 async def get_tenant_scope(request: Request) -> TenantScope:
     """The tenant a request acts for: its tenant key's, or `X-Tenant-ID` with a service or admin key.
 
@@ -122,7 +131,7 @@ async def get_tenant_scope(request: Request) -> TenantScope:
     principal = await services.auth.principal(
         presented_key(headers.get("authorization"), headers.get("x-api-key")), client_address(request)
     )
-    tenant_id = await services.auth.tenant_for(principal, headers.get("x-tenant-id"))
+    tenant_id = await services.auth.tenant_for(principal, tenant_header(request))
     return TenantScope(tenant_id=tenant_id, db=services.db, cache=services.cache, actor=actor_of(principal))
 
 

@@ -30,7 +30,7 @@ from state_manager.compat.schemas import (
     Stats,
     StatusUpdated,
 )
-from state_manager.deps import PrincipalDep, Services, ServicesDep, TenantScope, actor_of
+from state_manager.deps import PrincipalDep, Services, ServicesDep, TenantScope, actor_of, tenant_header
 from state_manager.errors import BadRequest, StateManagerError, ValidationFailed
 from state_manager.strict_json import StrictJsonRoute, parse_body
 
@@ -98,9 +98,7 @@ async def compat_scope(
     request: Request, principal: PrincipalDep, services: ServicesDep, body: LegacyBody
 ) -> TenantScope:
     """Like deps.get_tenant_scope, with the tenant named where the old API's callers name it."""
-    requested = service.requested_tenant(
-        request.headers.get("x-tenant-id"), request.query_params.get("tenantId"), body
-    )
+    requested = service.requested_tenant(tenant_header(request), request.query_params.get("tenantId"), body)
     tenant_id = await services.auth.tenant_for(principal, requested)
     return TenantScope(tenant_id=tenant_id, db=services.db, cache=services.cache, actor=actor_of(principal))
 

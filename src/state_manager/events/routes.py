@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Request, WebSocket
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from state_manager.deps import Services, TenantDep, client_address, presented_key
+from state_manager.deps import Services, TenantDep, client_address, presented_key, tenant_header
 from state_manager.errors import (
     BadRequest,
     EventsTrimmed,
@@ -72,9 +72,7 @@ async def subscribe(websocket: WebSocket) -> None:
             presented_key(headers.get("authorization"), headers.get("x-api-key") or query.get("api_key")),
             client_address(websocket),
         )
-        tenant_id = await services.auth.tenant_for(
-            principal, headers.get("x-tenant-id") or query.get("tenant")
-        )
+        tenant_id = await services.auth.tenant_for(principal, tenant_header(websocket) or query.get("tenant"))
         options = SubscribeOptions.model_validate(dict(query))
         if options.after is not None:
             async with services.db.transaction(tenant_id, write=False) as conn:
