@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.responses import StreamingResponse
 
 from state_manager.customers import erasure, export, service
@@ -57,7 +57,9 @@ async def list_customers(
     response_model=CustomerRead,
     responses={200: {"headers": {"ETag": {"description": "the customer's version"}}}},
 )
-async def get_customer_by_identity(channel: IdentityChannel, external_id: str, scope: TenantDep) -> Response:
+async def get_customer_by_identity(
+    channel: IdentityChannel, external_id: Annotated[str, Path(max_length=256)], scope: TenantDep
+) -> Response:
     body, tag = await service.by_identity_cached(scope.db, scope.cache, scope.tenant_id, channel, external_id)
     return Response(body, media_type="application/json", headers={"ETag": tag})
 
