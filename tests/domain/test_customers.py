@@ -65,6 +65,13 @@ def test_create_with_several_identities_and_look_each_up(tenant: Tenant) -> None
     assert_problem(client.get(f"/v1/customers/by-identity/whatsapp/{wa_id()}"), 404, "not-found")
     assert_problem(client.get("/v1/customers/by-identity/fax/123456"), 422)
     assert_problem(client.get("/v1/customers/by-identity/phone/0123456789"), 422)
+    for refused in ("+99912345678", "+1 not a number"):  # no country code 999; not digits
+        answer = client.post(
+            "/v1/customers",
+            json={"display_name": "x", "identities": [{"channel": "phone", "external_id": refused}]},
+        )
+        assert_problem(answer, 422)
+        assert refused not in answer.text  # refusals never echo the input (docs/security.md, "Errors")
 
 
 def test_an_identity_belongs_to_one_customer(tenant: Tenant) -> None:

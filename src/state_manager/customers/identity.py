@@ -33,9 +33,10 @@ def normalize_phone(value: str) -> str:
     try:
         number = phonenumbers.parse(candidate, None)
     except phonenumbers.NumberParseException as exc:
-        raise InvalidIdentity(f"not a phone number: {value!r}") from exc
+        # The value is not repeated: refusals never echo input (docs/security.md, "Errors").
+        raise InvalidIdentity("not a phone number in international form (country code first)") from exc
     if not phonenumbers.is_valid_number(number):
-        raise InvalidIdentity(f"not a valid phone number: {value!r}")
+        raise InvalidIdentity("not a valid phone number for its country code")
     return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 
 
