@@ -170,6 +170,8 @@ def test_a_keys_own_limit_is_set_changed_and_cleared(api: Api) -> None:
         {"rate_limit_burst": 0},
         {"rate_limit_per_second": "fast"},
         {"rate_limit_per_second": 1e12},
+        {"rate_limit_per_second": False},  # JSON false is not 0 (found by schemathesis)
+        {"rate_limit_burst": True},
         {"rate_limit": 5},
     ],
 )

@@ -79,6 +79,7 @@ class TenantRead(BaseModel):
 RateLimitPerSecond = Annotated[
     float | None,
     Field(
+        strict=True,  # a JSON true or false is not a number of requests
         ge=0,
         le=10_000_000,
         description="The key's own limit, requests a second over all instances; null: RATE_LIMIT_PER_SECOND; "
@@ -88,6 +89,7 @@ RateLimitPerSecond = Annotated[
 RateLimitBurst = Annotated[
     int | None,
     Field(
+        strict=True,
         ge=1,
         le=100_000_000,
         description="Requests the key may send at once above its rate; null: two seconds of its own rate, "
