@@ -73,7 +73,8 @@ class Settings(BaseSettings):
         description="How long a process keeps a lookup (writes drop it at once); 0 = no local tier.",
     )
     cache_local_max_entries: int = Field(default=20_000, ge=0, le=10_000_000)
-    cache_local_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0, le=16 * 1024**3)
+    # 16 MiB as the tier counts them (its whole cost in the process): issue 8 gives a worker 150 MB in all.
+    cache_local_max_bytes: int = Field(default=16 * 1024 * 1024, ge=0, le=16 * 1024**3)
     cache_shared_seconds: float = Field(
         default=300.0, ge=0, le=86_400, description="How long Redis keeps a lookup; 0 = no shared tier."
     )
