@@ -388,17 +388,20 @@ class QueueConsumers:
         channel = self._publisher
         if channel is None or channel.is_closed:
             raise BrokerUnavailable("not connected to RabbitMQ")
-        await channel.default_exchange.publish(
-            aio_pika.Message(
-                body,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                content_type="application/json",
-                message_id=message_id,
-            ),
-            routing_key=queue,
-            mandatory=True,
-            timeout=_PUBLISH_TIMEOUT_SECONDS,
-        )
+        # aiormq's own timeout does not cover every wait: a publish caught by a dropped connection was seen
+        # waiting for good (the outbox relay stuck inside its transaction, every later output held back).
+        async with asyncio.timeout(_PUBLISH_TIMEOUT_SECONDS):
+            await channel.default_exchange.publish(
+                aio_pika.Message(
+                    body,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    content_type="application/json",
+                    message_id=message_id,
+                ),
+                routing_key=queue,
+                mandatory=True,
+                timeout=_PUBLISH_TIMEOUT_SECONDS,
+            )
 
     async def _publish(self, batch: Sequence[Outgoing]) -> None:
         """Publishes in order (the channel writes in call order) and returns once every one is confirmed."""
