@@ -252,6 +252,9 @@ class ProcessMemory:
     role: str  # "supervisor", "worker", or another helper process of the server
     samples: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, VmRSS kB)
     hwm_kb: int = 0
+    # (seconds since start, new VmHWM kB) whenever the peak rose by 1 MiB or more since the last sample:
+    # set against the slow requests' times (Load.slow), it says what a spike between samples came from
+    peak_rises: list[tuple[float, int]] = field(default_factory=list)
     last: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -265,6 +268,7 @@ class ProcessMemory:
             "final_file_mb": round(self.last.get("RssFile", 0) / 1024, 1),
             "samples": len(rss),
             # one sample every ~10 s, for a curve
+            "peak_rises_mb": [(round(t, 1), round(kb / 1024, 1)) for t, kb in self.peak_rises],
             "curve_mb": [
                 (round(t), round(kb / 1024, 1)) for t, kb in self.samples[:: max(1, len(rss) // 60)]
             ],
@@ -316,6 +320,8 @@ class Sampler:
                 continue
             memory = self.processes.setdefault(pid, ProcessMemory(pid, role))
             memory.samples.append((now, status["VmRSS"]))
+            if memory.hwm_kb and status["VmHWM"] >= memory.hwm_kb + 1024:
+                memory.peak_rises.append((now, status["VmHWM"]))
             memory.hwm_kb = max(memory.hwm_kb, status["VmHWM"])
             memory.last = status
             peaks = self.phase_peaks.setdefault(self._phase, {})
@@ -344,6 +350,8 @@ class Load:
     statuses: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
     latencies: dict[str, list[float]] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)  # the sampler's clock starts about the same
+    slow: list[tuple[float, float, str]] = field(default_factory=list)  # (start, end, kind) over 0.5 s
 
     def wa_id(self, n: int) -> str:
         return str(5511900000000 + n)
@@ -385,7 +393,11 @@ async def _call(client: JsonClient, load: Load, kind: str, method: str, target: 
         if len(load.errors) < 20:
             load.errors.append(f"{kind}: {exc!r}")
         return None
-    load.latencies.setdefault(kind, []).append((time.perf_counter() - started) * 1000)
+    elapsed = time.perf_counter() - started
+    load.latencies.setdefault(kind, []).append(elapsed * 1000)
+    if elapsed > 0.5:
+        end = time.monotonic() - load.started
+        load.slow.append((round(end - elapsed, 1), round(end, 1), kind))
     load.counts[kind] += 1
     load.statuses[str(status)] += 1
     if status >= 400 and not (status == 404 and kind in ("open", "genesys")):
@@ -723,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  idle  {sampler.line()}", flush=True)
 
         sampler.phase("load")
-        load = Load(args.conversations, run_tag)
+        load = Load(args.conversations, run_tag, started=sampler.started)
         result: dict[str, Any] = {}
         printer_stop = threading.Event()
 
@@ -761,6 +773,7 @@ def main(argv: list[str] | None = None) -> int:
             "requests": dict(load.counts),
             "statuses": dict(load.statuses),
             "errors": load.errors,
+            "slow_requests": load.slow,
             "median_ms": {k: round(sorted(v)[len(v) // 2], 1) for k, v in load.latencies.items() if v},
         }
         return report(args, document, sampler, started)
@@ -796,6 +809,10 @@ def report(args: argparse.Namespace, document: dict[str, Any], sampler: Sampler,
     for error in load["errors"][:5]:
         print(f"  error: {error}")
     print(f"projection: {document['projection']}")
+    for p in workers:
+        for at, mb in p["peak_rises_mb"]:
+            during = [kind for start, end, kind in load["slow_requests"] if start - 1 <= at <= end + 1]
+            print(f"worker {p['pid']}: peak rose to {mb} MB at {at} s; slow requests then: {during}")
     for pid, tier in load.get("local_cache_tier_per_worker", {}).items():
         print(f"worker {pid}'s local cache tier at the end: {tier}")
     print()
