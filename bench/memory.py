@@ -25,7 +25,6 @@ import hashlib
 import os
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -52,7 +51,6 @@ from bench.server import (
     drop_database,
     free_port,
     sqlalchemy_url,
-    state_manager_executable,
 )
 from state_manager.analytics.models import PROJECTION_TABLES, analytics_progress
 
@@ -594,29 +592,7 @@ def tracemalloc_dumps(directory: Path, workers: list[int]) -> dict[str, str]:
 
 
 def create_key(server: ManagedServer) -> str:
-    done = subprocess.run(
-        [
-            state_manager_executable(),
-            "keys",
-            "create",
-            "--kind",
-            "tenant",
-            "--tenant",
-            TENANT,
-            "--name",
-            "bench",
-        ],
-        env=server.env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    key = done.stdout.strip()
-    if done.returncode != 0 or not key:
-        raise RuntimeError(f"state-manager keys create failed ({done.returncode}):\n{done.stderr}")
-    return key
+    return server.create_key("--kind", "tenant", "--tenant", TENANT, "--name", "bench")
 
 
 def clear_redis(url: str) -> int:

@@ -175,8 +175,12 @@ class ManagedServer:
         """`state-manager keys create --kind admin`, or (before the CLI had it) a row written directly."""
         if self.launcher != "cli":
             return asyncio.run(mint_admin_key(dsn))
+        return self.create_key("--kind", "admin", "--name", "bench admin key")
+
+    def create_key(self, *options: str) -> str:
+        """`state-manager keys create <options>` against this server's database; the new key."""
         done = subprocess.run(
-            [state_manager_executable(), "keys", "create", "--kind", "admin", "--name", "bench admin key"],
+            [state_manager_executable(), "keys", "create", *options],
             env=self.env,
             cwd=REPO_ROOT,
             capture_output=True,
