@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import JSON, Boolean, Column, Integer, String, Table, Uuid, text
+from sqlalchemy import JSON, Boolean, Column, Float, Integer, String, Table, Uuid, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.db.metadata import metadata
@@ -39,7 +39,7 @@ UTC = dt.UTC
 LONG_STATEMENT_SECONDS = 3600.0
 
 Kind = Literal["backup", "archive"]
-ColumnKind = Literal["text", "int", "bool", "uuid", "datetime", "json"]
+ColumnKind = Literal["text", "int", "float", "bool", "uuid", "datetime", "json"]
 
 # Operational state of the running installation, not data: job_leases says which instance runs a job
 # until when; restored elsewhere it would keep a job from running until a dead holder's lease expired.
@@ -102,6 +102,10 @@ def column_kind(column: Column[Any]) -> ColumnKind:
         return "bool"
     if isinstance(kind, Integer):
         return "int"
+    if isinstance(kind, Float):
+        # A JSON number as PostgreSQL's json writes a double: integral ones without a fraction ("5", not
+        # "5.0"), others in the shortest form that reads back the same, as Python's and orjson's do.
+        return "float"
     if isinstance(kind, String):
         return "text"
     raise BackupError(f"{column.table.name}.{column.name}: no canonical form for the type {kind!r}")

@@ -320,8 +320,13 @@ def _sqlite_json(value: str | float) -> Any:
     return orjson.loads(value) if isinstance(value, str | bytes) else value
 
 
+def _canonical_float(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else float(value)
+
+
 # From what SQLite stores to the canonical values (format.py).
 _FROM_SQLITE: dict[ColumnKind, Callable[[Any], Any]] = {
+    "float": _canonical_float,
     "uuid": _sqlite_uuid,
     "datetime": _sqlite_datetime,
     "json": _sqlite_json,
