@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -46,6 +46,8 @@ from state_manager.subscriptions.routes import router as subscriptions_router
 from state_manager.tenants import routes as tenant_routes
 from state_manager.tenants.auth import Authenticator
 from state_manager.webhooks.routes import router as webhooks_router
+
+log = logging.getLogger("state_manager")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -106,19 +108,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if warming is not None:
                 warming.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await warming
+                await _stopped("cache warming", asyncio.wait({warming}))
             # The background writers stop before the queue consumers, whose cancelled work could hold
             # SQLite's write lock for a while; the jobs first, as their last batch writes events.
-            await scheduler.close()
-            await analytics.close()
-            await events.close()
-            await webhooks.close()
+            await _stopped("scheduler", scheduler.close())
+            await _stopped("analytics projector", analytics.close())
+            await _stopped("event relay", events.close())
+            await _stopped("webhook dispatcher", webhooks.close())
             if queues is not None:
-                await queues.stop()
-            await limiter.close()
-            await cache.close()
-            await db.dispose()
+                await _stopped("queue consumers", queues.stop())
+            await _stopped("rate limiter", limiter.close())
+            await _stopped("cache", cache.close())
+            await _stopped("database pool", db.dispose())
 
     app = FastAPI(
         title="state-manager",
@@ -150,6 +151,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dashboard_router)
     _hot_routes_first(app.router)
     return app
+
+
+# Each part of the shutdown gets this long; one that takes longer is left behind, logged, so that a stop
+# always ends (a stop was seen waiting well past a minute after PostgreSQL restarted, cause not found yet).
+SHUTDOWN_STEP_SECONDS = 15.0
+
+
+async def _stopped(part: str, closing: Awaitable[Any]) -> None:
+    task = asyncio.ensure_future(closing)
+    done, _ = await asyncio.wait({task}, timeout=SHUTDOWN_STEP_SECONDS)
+    if not done:
+        task.cancel()  # not waited for: what it waits on is what hangs
+        log.warning("shutdown: the %s did not stop within %.0f s; left behind", part, SHUTDOWN_STEP_SECONDS)
+    elif not task.cancelled() and task.exception() is not None:
+        log.warning("shutdown: the %s failed to stop cleanly", part, exc_info=task.exception())
 
 
 # What the callers ask most. Matching tries the routes in order, a regular expression each, and the inbound
