@@ -1,9 +1,9 @@
 """The RabbitMQ connection dropped in the middle of a stream of messages, on PostgreSQL (issue 8, "Faults").
 
 test_rabbitmq_faults.py drops the connection of a server on the embedded default while it is idle. Here the
-server runs on PostgreSQL, with its own tenant in the session's database, and the connection is cut while
-the consumers are busy: some messages are being handled, others wait unacked in the prefetch, more are
-published while the link is down. The consumers come back by themselves, and:
+server runs on PostgreSQL, in a database of its own, and the connection is cut while the consumers are
+busy: some messages are being handled, others wait unacked in the prefetch, more are published while the
+link is down. The consumers come back by themselves, and:
 
 - every message is recorded exactly once (a redelivered one finds its wamid and changes nothing), each
   customer with one open conversation;
@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from harness import Broker, ServerProcess, TcpProxy, cli_json, eventually, server_env
-from reliability.faults import assert_each_once, assert_one_open_conversation_each, query
+from harness import Broker, ServerProcess, TcpProxy, cli_json, eventually, run_cli, server_env
+from reliability.faults import assert_each_once, assert_one_open_conversation_each, query, stored_wamids
 from reliability.test_rabbitmq_faults import inbound, proxy, queue_states, queues, via
 
 __all__ = ["proxy", "queues"]  # fixtures, used by name
@@ -42,23 +42,21 @@ def unpublished(database: str, tenant: str) -> int:
 
 @pytest.mark.postgres
 def test_the_connection_dropped_mid_stream_on_postgres(
-    request: pytest.FixtureRequest,
+    fresh_postgres_url: str,
     workdir: Path,
     queues: tuple[str, dict[str, str], Broker],
     proxy: TcpProxy,
 ) -> None:
     url, env, broker = queues
-    database = request.getfixturevalue("postgres_url")
-    tenant = f"drop-{workdir.name[-10:]}".replace("_", "-").lower()
-    # No warming: the session's database holds every other test's tenants, and warming them all while the
-    # consumers start made this test wait past its bounds when it ran with the whole suite.
+    # Not the session's database: the session's servers sweep its outboxes too, and publish what they find
+    # to their own queues (an output's destination is a logical name, which each instance resolves).
+    database = fresh_postgres_url
+    tenant = "drop"
     settings = server_env(
-        workdir,
-        database,
-        DEFAULT_TENANT_ID=tenant,
-        CACHE_WARM_LIMIT="0",
-        **(env | {"RABBITMQ_URL": via(proxy, url)}),
+        workdir, database, DEFAULT_TENANT_ID=tenant, **(env | {"RABBITMQ_URL": via(proxy, url)})
     )
+    migrated = run_cli("migrate", env=settings, cwd=workdir)
+    assert migrated.returncode == 0, migrated.stderr
     cli_json(
         "tenants", "create", tenant, "--organization", tenant, "--name", tenant, "--create-organization",
         env=settings, cwd=workdir,
@@ -92,7 +90,17 @@ def test_the_connection_dropped_mid_stream_on_postgres(
             outputs.extend(broker.take("INBOUND_ENRICHED_QUEUE", 100, timeout=0.5))
             return {body["wamid"] for body in outputs} == every
 
-        eventually(all_out, timeout=60)
+        try:
+            eventually(all_out, timeout=60)
+        except AssertionError:
+            missing = every - {body["wamid"] for body in outputs}
+            stored = set(stored_wamids(database, tenant))
+            raise AssertionError(
+                f"{len(missing)} outputs missing: {sorted(missing)}; of them not stored: "
+                f"{sorted(missing - stored)}; unpublished outbox rows: {unpublished(database, tenant)}; "
+                f"inbound queue depth: {broker.depth('INBOUND_QUEUE')}; queues: {queue_states(server)}\n"
+                f"{server.log_tail(60)}"
+            ) from None
         eventually(lambda: unpublished(database, tenant) == 0, timeout=60)
         outputs += broker.take("INBOUND_ENRICHED_QUEUE", 100, timeout=1.5)
     finally:

@@ -11,7 +11,9 @@ from typing import Any, cast
 import pytest
 
 from state_manager.db import Database
+from state_manager.db.pending import PendingWork
 from state_manager.settings import Settings
+from state_manager.subscriptions import dispatcher as dispatcher_module
 from state_manager.subscriptions import repository as repo
 from state_manager.subscriptions.dispatcher import WebhookDispatcher
 
@@ -19,12 +21,12 @@ TENANT = "t-dispatcher"
 
 
 class _Conn:
-    async def execute(self, *_: Any, **__: Any) -> Any:
-        class _Result:
-            def scalars(self) -> list[str]:
-                return []  # the sweep finds no tenants: only notify and backoffs wake the dispatcher
+    async def execute(self, *_: Any, **__: Any) -> None:  # the lock the claim takes
+        return None
 
-        return _Result()
+
+async def _nothing_pending(*_: Any, **__: Any) -> list[PendingWork]:
+    return []  # the sweep finds no tenants: only notify and backoffs wake the dispatcher
 
 
 class _Database:
@@ -59,6 +61,7 @@ async def test_a_notify_during_a_claim_is_not_lost(
     async def has_pending(*_: Any) -> bool:
         return pending_seen and len(claims) == 1  # the retried delivery, seen by a later statement
 
+    monkeypatch.setattr(dispatcher_module, "pending_work", _nothing_pending)
     monkeypatch.setattr(repo, "claim", claim)
     monkeypatch.setattr(repo, "next_retry_at", next_retry_at)
     monkeypatch.setattr(repo, "has_pending", has_pending)

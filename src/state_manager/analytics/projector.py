@@ -43,11 +43,11 @@ from state_manager.conversations.models import conversations, participants
 from state_manager.db import Database
 from state_manager.db.database import dialect_insert, one_of
 from state_manager.db.locks import lock_names, try_lock_name
+from state_manager.db.pending import pending_work
 from state_manager.db.types import utcnow
 from state_manager.events import repository as events_repo
 from state_manager.events.models import events
 from state_manager.messages.models import messages
-from state_manager.tenants.models import tenants
 
 log = logging.getLogger("state_manager.analytics")
 
@@ -443,16 +443,7 @@ class AnalyticsProjector:
                 await asyncio.wait_for(self._woken.wait(), max(0.0, next_sweep - loop.time()))
 
     async def _behind(self) -> list[str]:
-        async with self.db.transaction(None, write=False) as conn:
-            every = list((await conn.execute(select(tenants.c.id).order_by(tenants.c.id))).scalars())
-        behind = []
-        for tenant_id in every:
-            if self._stopping.is_set():
-                break
-            # A read first: most tenants have nothing new, and SQLite has one writer.
-            if not (await freshness(self.db, tenant_id)).complete:
-                behind.append(tenant_id)
-        return behind
+        return [work.tenant_id for work in await pending_work(self.db) if work.analytics_behind]
 
     async def _work_on(self, tenant_ids: Iterable[str]) -> None:
         for tenant_id in tenant_ids:

@@ -56,6 +56,7 @@ from state_manager.tenants.schemas import TENANT_ID_PATTERN
 # written at the current revision before 0010.
 RESTORABLE_REVISIONS: dict[str, str] = {
     "0009": "0010 only added api_keys' nullable rate limit columns (NULL: the settings' default)",
+    "0010": "0011 only added a function (sm_pending_work); no table changed",
 }
 
 

@@ -31,6 +31,7 @@ from state_manager.settings import Settings
 log = logging.getLogger("state_manager.events")
 
 CHANNEL = "sm:events"
+THROUGH_BATCH = 500  # streams asked about per round trip
 Deliver = Callable[[Sequence[Published]], None]
 
 # ARGV: channel, stream length cap, the number the batch follows, (seq, event JSON) per event, then the
@@ -55,6 +56,11 @@ def stream_key(tenant_id: str) -> str:
     return f"sm:{{{tenant_id}}}:events"
 
 
+def _through(top: list[Any]) -> int:
+    """The number of the newest entry XREVRANGE COUNT 1 returned (0 for an empty or missing stream)."""
+    return int(top[0][0].split(b"-", 1)[0]) if top else 0
+
+
 class EventBus(abc.ABC):
     name: str
 
@@ -69,6 +75,10 @@ class EventBus(abc.ABC):
     @abc.abstractmethod
     async def published_through(self, tenant_id: str) -> int | None:
         """The tenant's last event the bus holds durably; None if it holds nothing to catch up on."""
+
+    async def published_through_each(self, tenant_ids: Sequence[str]) -> dict[str, int | None]:
+        """`published_through` of several tenants (the relay's sweep asks for all of them at once)."""
+        return {tenant_id: await self.published_through(tenant_id) for tenant_id in tenant_ids}
 
     async def close(self) -> None:
         return None
@@ -125,8 +135,17 @@ class RedisBus(EventBus):
         return bool(taken)
 
     async def published_through(self, tenant_id: str) -> int | None:
-        top = await self._redis.xrevrange(stream_key(tenant_id), count=1)
-        return int(top[0][0].split(b"-", 1)[0]) if top else 0
+        return _through(await self._redis.xrevrange(stream_key(tenant_id), count=1))
+
+    async def published_through_each(self, tenant_ids: Sequence[str]) -> dict[str, int | None]:
+        found: dict[str, int | None] = {}
+        for start in range(0, len(tenant_ids), THROUGH_BATCH):
+            batch = tenant_ids[start : start + THROUGH_BATCH]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for tenant_id in batch:
+                    pipe.xrevrange(stream_key(tenant_id), count=1)
+                found.update(zip(batch, map(_through, await pipe.execute()), strict=True))
+        return found
 
     async def _listen(self, deliver: Deliver, ready: asyncio.Event) -> None:
         delay = 0.1

@@ -22,17 +22,17 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from sqlalchemy import RowMapping, select
+from sqlalchemy import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.db import Database
 from state_manager.db.locks import lock_names
+from state_manager.db.pending import pending_work
 from state_manager.events import repository as repo
 from state_manager.events.bus import EventBus
 from state_manager.events.schemas import Published
 from state_manager.observability import metrics
 from state_manager.observability.errors import error_summary
-from state_manager.tenants.models import tenants
 
 log = logging.getLogger("state_manager.events")
 
@@ -198,27 +198,27 @@ class EventRelay:
 
     async def _waiting_tenants(self) -> list[str]:
         """Tenants with events not numbered, or numbered but not on the bus (a process died between)."""
-        waiting: list[str] = []
         try:
-            async with self.db.transaction(None, write=False) as conn:
-                every = list((await conn.execute(select(tenants.c.id))).scalars())
-            for tenant_id in every:
-                async with self.db.transaction(tenant_id, write=False) as conn:
-                    last = await repo.last_numbered(conn, tenant_id)
-                    unnumbered = await repo.has_unnumbered(conn, tenant_id)
-                # Behind only if the bus still lacks what was numbered by the previous sweep: events
-                # numbered a moment ago are normally being published right now.
-                earlier, self._numbered_at_sweep[tenant_id] = self._numbered_at_sweep.get(tenant_id, 0), last
-                with contextlib.suppress(Exception):  # the bus away: numbering goes on regardless
-                    through = await self.bus.published_through(tenant_id)
-                    if through is not None and through < earlier:
-                        self._behind.add(tenant_id)
-                if unnumbered or tenant_id in self._behind:
-                    waiting.append(tenant_id)
+            found = await pending_work(self.db)
         except Exception as exc:
             self.last_error = error_summary(exc)
             log.warning("event sweep failed", extra={"error": f"{type(exc).__name__}: {exc}"})
-        return waiting
+            return []
+        # Behind only if the bus still lacks what was numbered by the previous sweep: events numbered a
+        # moment ago are normally being published right now.
+        earlier: dict[str, int] = {}
+        for work in found:
+            if numbered := self._numbered_at_sweep.get(work.tenant_id, 0):
+                earlier[work.tenant_id] = numbered
+            self._numbered_at_sweep[work.tenant_id] = work.last_numbered
+        with contextlib.suppress(Exception):  # the bus away: numbering goes on regardless
+            through = await self.bus.published_through_each(list(earlier))
+            self._behind.update(
+                tenant_id
+                for tenant_id, last in earlier.items()
+                if (bus_has := through[tenant_id]) is not None and bus_has < last
+            )
+        return [work.tenant_id for work in found if work.unnumbered_events or work.tenant_id in self._behind]
 
     def report(self) -> dict[str, object]:
         return {"numbered": self.numbered, "relaying": len(self._running), "last_error": self.last_error}

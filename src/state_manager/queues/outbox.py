@@ -31,11 +31,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from state_manager.db import Database
 from state_manager.db.database import dialect_insert
 from state_manager.db.locks import try_lock_name
+from state_manager.db.pending import PendingWork, pending_work
 from state_manager.db.types import utcnow
 from state_manager.observability.errors import error_summary
 from state_manager.queues.models import broker_outbox
 from state_manager.queues.topology import Output
-from state_manager.tenants.models import tenants
 
 log = logging.getLogger(__name__)
 
@@ -181,34 +181,37 @@ class OutboxRelay:
             sweeping = self._sweep_now or time.monotonic() >= next_sweep
             self._sweep_now = False
             due, self._dirty = self._dirty, set()
+            to_prune: list[str] = []
             if sweeping:
-                due |= set(await self._every_tenant())
-            pruning = sweeping and time.monotonic() >= next_prune
-            if pruning:
-                next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
-            failed = await self._flush_all(sorted(due), prune_too=pruning)
+                pruning = time.monotonic() >= next_prune
+                if pruning:
+                    next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
+                found = await self._look(pruning=pruning)
+                due |= {work.tenant_id for work in found if work.unpublished_output}
+                to_prune = [work.tenant_id for work in found if work.output_to_prune]
+            failed = await self._flush_all(sorted(due))
+            await self._prune_all(to_prune)
             if sweeping:
                 next_sweep = time.monotonic() + self.sweep_seconds
             if failed:
                 # The broker or the database is away: try again at the next sweep, not in a tight loop.
                 self._dirty |= failed
 
-    async def _every_tenant(self) -> list[str]:
+    async def _look(self, *, pruning: bool) -> list[PendingWork]:
         try:
-            async with self.db.transaction(None, write=False) as conn:
-                return list((await conn.execute(select(tenants.c.id))).scalars())
+            return await pending_work(
+                self.db, output_published_before=utcnow() - KEEP_PUBLISHED if pruning else None
+            )
         except Exception as exc:
             self.last_error = error_summary(exc)
-            log.warning("outbox sweep cannot list tenants", extra={"error": f"{type(exc).__name__}: {exc}"})
+            log.warning("outbox sweep failed", extra={"error": f"{type(exc).__name__}: {exc}"})
             return []
 
-    async def _flush_all(self, due: Sequence[str], *, prune_too: bool) -> set[str]:
+    async def _flush_all(self, due: Sequence[str]) -> set[str]:
         failed: set[str] = set()
         for tenant_id in due:
             try:
                 self.published += await flush(self.db, tenant_id, self.publish)
-                if prune_too:
-                    await prune(self.db, tenant_id)
             except Exception as exc:
                 self.last_error = error_summary(exc)
                 log.warning(
@@ -217,3 +220,14 @@ class OutboxRelay:
                 )
                 failed.add(tenant_id)
         return failed
+
+    async def _prune_all(self, tenant_ids: Sequence[str]) -> None:
+        for tenant_id in tenant_ids:
+            try:
+                await prune(self.db, tenant_id)
+            except Exception as exc:  # the next prune takes them
+                self.last_error = error_summary(exc)
+                log.warning(
+                    "published queue output not pruned yet",
+                    extra={"tenant_id": tenant_id, "error": f"{type(exc).__name__}: {exc}"},
+                )

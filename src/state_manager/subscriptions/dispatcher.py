@@ -27,11 +27,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from sqlalchemy import RowMapping, select
+from sqlalchemy import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.db import Database
 from state_manager.db.locks import lock_names
+from state_manager.db.pending import pending_work
 from state_manager.db.types import utcnow
 from state_manager.observability import metrics
 from state_manager.observability.errors import error_summary
@@ -46,7 +47,6 @@ from state_manager.subscriptions.signing import (
     signature_header,
 )
 from state_manager.subscriptions.urls import resolves_to_private
-from state_manager.tenants.models import tenants
 
 log = logging.getLogger("state_manager.webhooks")
 
@@ -218,19 +218,17 @@ class WebhookDispatcher:
         return claimed, wait
 
     async def _sweep(self, *, prune: bool) -> None:
-        async with self.db.transaction(None, write=False) as conn:
-            every = list((await conn.execute(select(tenants.c.id))).scalars())
         keep_until = utcnow() - dt.timedelta(days=self.settings.webhook_keep_delivered_days)
-        for tenant_id in every:
+        found = await pending_work(self.db, delivered_before=keep_until if prune else None)
+        for work in found:
+            if work.pending_deliveries:
+                self._due.setdefault(work.tenant_id, 0.0)
+        for tenant_id in [work.tenant_id for work in found if work.deliveries_to_prune]:
             if self._stopping:
                 return
             try:
-                async with self.db.transaction(tenant_id, write=False) as conn:
-                    if await repo.has_pending(conn, tenant_id):
-                        self._due.setdefault(tenant_id, 0.0)
-                if prune:
-                    async with self.db.transaction(tenant_id, write=True) as conn:
-                        await repo.prune_delivered(conn, tenant_id, keep_until)
+                async with self.db.transaction(tenant_id, write=True) as conn:
+                    await repo.prune_delivered(conn, tenant_id, keep_until)
             except Exception as exc:
                 self._failed("webhook sweep failed for a tenant", exc, tenant_id)
 

@@ -1,0 +1,206 @@
+"""Every tenant's background work in one statement (db/pending.py; on PostgreSQL `sm_pending_work`, migration
+0011): the same answers on both backends, and on PostgreSQL under each tenant's own row-level security."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert, select, text
+
+from state_manager.analytics.models import analytics_progress
+from state_manager.db import Database, open_database
+from state_manager.db.migrate import upgrade_to_head_async
+from state_manager.db.pending import PendingWork, pending_work
+from state_manager.db.types import utcnow
+from state_manager.events.models import event_relay, events
+from state_manager.queues.models import broker_outbox
+from state_manager.settings import Settings
+from state_manager.subscriptions.models import webhook_deliveries, webhook_subscriptions
+from state_manager.tenants.models import organizations, tenants
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+async def _seed(db: Database) -> None:
+    now = utcnow()
+    async with db.transaction(None, write=True) as conn:
+        await conn.execute(insert(organizations).values(id="pw", name="pw", created_at=now))
+        await conn.execute(
+            insert(tenants),
+            [
+                {"id": f"pw-{name}", "organization_id": "pw", "name": name, "settings": {}}
+                | {"created_at": now, "updated_at": now}
+                for name in "abc"
+            ],
+        )
+
+    def outbox(published_at: dt.datetime | None) -> dict[str, object]:
+        return {
+            "tenant_id": "pw-a",
+            "id": uuid.uuid4(),
+            "seq": 1,
+            "destination": "enriched",
+            "body": "{}",
+        } | {
+            "created_at": now - dt.timedelta(days=3),
+            "published_at": published_at,
+        }
+
+    def event(event_id: int, seq: int | None) -> dict[str, object]:
+        return {
+            "tenant_id": "pw-a",
+            "id": event_id,
+            "seq": seq,
+            "type": "message.recorded",
+            "payload": {},
+            "occurred_at": now,
+        }
+
+    async with db.transaction("pw-a", write=True) as conn:
+        await conn.execute(insert(broker_outbox), [outbox(None), outbox(now - dt.timedelta(days=2))])
+        await conn.execute(insert(events), [event(1, 7), event(2, None)])
+        await conn.execute(insert(event_relay).values(tenant_id="pw-a", last_seq=7, updated_at=now))
+        await conn.execute(
+            insert(analytics_progress).values(tenant_id="pw-a", last_seq=7, rebuilding=False, updated_at=now)
+        )
+
+    subscription = uuid.uuid4()
+
+    def delivery(status: str, age: dt.timedelta) -> dict[str, object]:
+        return {
+            "tenant_id": "pw-b",
+            "id": uuid.uuid4(),
+            "subscription_id": subscription,
+            "event_seq": 1,
+            "event_type": "message.recorded",
+            "ordering_key": "k",
+            "body": "{}",
+            "status": status,
+            "attempts": 1,
+            "round_attempts": 1,
+            "created_at": now - age,
+            "updated_at": now - age,
+            "delivered_at": now - age if status == "delivered" else None,
+        }
+
+    async with db.transaction("pw-b", write=True) as conn:
+        await conn.execute(
+            insert(webhook_subscriptions).values(
+                tenant_id="pw-b",
+                id=subscription,
+                url="https://example.com/hook",
+                event_types=[],
+                secret="s",
+                active=True,
+                version=1,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        await conn.execute(
+            insert(webhook_deliveries),
+            [delivery("pending", dt.timedelta(0)), delivery("delivered", dt.timedelta(days=10))],
+        )
+        # Retention trimmed events up to 5 that the projection never read: it is behind.
+        await conn.execute(
+            insert(event_relay).values(tenant_id="pw-b", last_seq=5, trimmed_through=5, updated_at=now)
+        )
+        await conn.execute(
+            insert(analytics_progress).values(tenant_id="pw-b", last_seq=0, rebuilding=False, updated_at=now)
+        )
+
+
+def _work(tenant: str, **found: object) -> PendingWork:
+    nothing: dict[str, object] = {
+        "unpublished_output": False,
+        "output_to_prune": False,
+        "unnumbered_events": False,
+        "last_numbered": 0,
+        "pending_deliveries": False,
+        "deliveries_to_prune": False,
+        "analytics_behind": False,
+    }
+    return PendingWork(tenant_id=tenant, **(nothing | found))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_each_tenants_pending_work_in_one_statement(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    url = (
+        f"sqlite+aiosqlite:///{tmp_path / 'sm.db'}"
+        if backend == "sqlite"
+        else request.getfixturevalue("fresh_postgres_url")
+    )
+
+    async def scenario() -> None:
+        await upgrade_to_head_async(url)
+        db = open_database(Settings(database_url=url))
+        try:
+            await _seed(db)
+            now = utcnow()
+            found = await pending_work(
+                db,
+                output_published_before=now - dt.timedelta(days=1),
+                delivered_before=now - dt.timedelta(days=7),
+            )
+            assert found == [
+                _work(
+                    "pw-a",
+                    unpublished_output=True,
+                    output_to_prune=True,
+                    unnumbered_events=True,
+                    last_numbered=7,
+                ),
+                _work(
+                    "pw-b",
+                    pending_deliveries=True,
+                    deliveries_to_prune=True,
+                    last_numbered=5,
+                    analytics_behind=True,
+                ),
+                _work("pw-c", analytics_behind=True),  # never projected
+            ]
+            # Cutoffs older than everything, or none: nothing to prune.
+            later = await pending_work(
+                db,
+                output_published_before=now - dt.timedelta(days=5),
+                delivered_before=now - dt.timedelta(days=30),
+            )
+            assert not any(work.output_to_prune or work.deliveries_to_prune for work in later)
+            assert [(w.output_to_prune, w.deliveries_to_prune) for w in await pending_work(db)] == [
+                (False, False)
+            ] * 3
+        finally:
+            await db.dispose()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.postgres
+def test_the_function_reads_each_tenant_under_its_policy_and_gives_the_caller_its_tenant_back(
+    fresh_postgres_url: str,
+) -> None:
+    async def scenario() -> None:
+        await upgrade_to_head_async(fresh_postgres_url)
+        db = open_database(Settings(database_url=fresh_postgres_url))
+        try:
+            await _seed(db)
+            async with db.transaction("pw-b", write=False) as conn:
+                await conn.execute(text("SELECT * FROM sm_pending_work(NULL, NULL)"))
+                # Still pw-b's transaction: pw-a's output stays invisible.
+                assert (await conn.execute(select(broker_outbox.c.tenant_id))).all() == []
+                assert set((await conn.execute(select(webhook_deliveries.c.tenant_id))).scalars()) == {"pw-b"}
+            async with db.transaction(None, write=False) as conn:
+                await conn.execute(text("SELECT * FROM sm_pending_work(NULL, NULL)"))
+                assert (
+                    await conn.execute(select(broker_outbox.c.tenant_id))
+                ).all() == []  # no tenant: no rows
+        finally:
+            await db.dispose()
+
+    asyncio.run(scenario())
