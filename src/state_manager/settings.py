@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     db_pool_size: int = Field(default=20, ge=1, le=500)
     db_max_overflow: int = Field(default=0, ge=0, le=500)
+    db_pool_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=300, description="How long a request waits for a free connection before a 503"
+    )
     api_key_cache_seconds: float = Field(default=30.0, ge=0)
     # Rate limits (docs/operations.md, "Rate limits"): token buckets per API key and per client address.
     rate_limit_enabled: bool = Field(default=True, description="false: no request is ever refused with 429")

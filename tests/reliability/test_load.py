@@ -761,8 +761,9 @@ def test_two_instances_under_load(cluster: Cluster, capsys: pytest.CaptureFixtur
     # No 5xx, no error in either server's log, no request without an answer.
     every_answer = [answer for phase in outcome.phases.values() for answer in phase]
     failed = [a for a in every_answer if a.status == 0 or a.status >= 500]
-    assert not failed, f"{len(failed)} requests failed, e.g. {failed[:5]}"
-    assert not errors, "\n".join(errors[:20])
+    logged = "the servers logged:\n" + "\n".join(errors[:20])
+    assert not failed, f"{len(failed)} requests failed, e.g. {failed[:5]}; {logged}"
+    assert not errors, logged
 
     check_inbound(plan, outcome)
     check_replies(outcome)

@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from state_manager.errors import LockTimeout, StateManagerError, Unavailable
@@ -24,6 +25,9 @@ from state_manager.settings import Settings
 
 RETRY_AFTER_SECONDS = "2"
 LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout
+# serialization_failure and deadlock_detected: PostgreSQL gave up the transaction for concurrent work on
+# the same rows; it did nothing, and the same request again normally succeeds.
+TRY_AGAIN = frozenset({"40001", "40P01"})
 # A server shutting down, restarting after a crash, or still starting: admin_shutdown, crash_shutdown,
 # cannot_connect_now. asyncpg raises them as plain PostgresErrors (not connection errors), and SQLAlchemy
 # as a bare DBAPIError; class 08 is a connection exception.
@@ -115,11 +119,21 @@ class Database(abc.ABC):
             return Unavailable(
                 "the database is unavailable; retry later", headers={"Retry-After": RETRY_AFTER_SECONDS}
             )
+        if isinstance(exc, PoolTimeout):
+            return Unavailable(
+                "every database connection stayed busy (DB_POOL_TIMEOUT_SECONDS); retry later",
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
+            )
         if isinstance(exc, DBAPIError):
             sqlstate = getattr(exc.orig, "sqlstate", None)
             if sqlstate in SERVER_GOING_AWAY or (isinstance(sqlstate, str) and sqlstate.startswith("08")):
                 return Unavailable(
                     "the database is unavailable; retry later", headers={"Retry-After": RETRY_AFTER_SECONDS}
+                )
+            if sqlstate in TRY_AGAIN:
+                return Unavailable(
+                    "concurrent work on the same rows made the database give this up, undone; retry",
+                    headers={"Retry-After": RETRY_AFTER_SECONDS},
                 )
             if sqlstate == LOCK_NOT_AVAILABLE:
                 return LockTimeout(

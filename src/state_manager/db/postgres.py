@@ -35,7 +35,7 @@ class PostgresDatabase(Database):
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
             pool_recycle=1800,
-            pool_timeout=10,
+            pool_timeout=settings.db_pool_timeout_seconds,
             # Errors (logged, kept as `last_error`) never carry the statement's values: messages, phone
             # numbers, a subscription's signing secret.
             hide_parameters=True,

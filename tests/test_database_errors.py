@@ -1,0 +1,58 @@
+"""Transient database refusals are 503s with Retry-After, never 500s (db/database.py, `_meaning`), on the real
+PostgreSQL: a deadlock PostgreSQL broke, and a pool whose every connection stayed busy."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import text
+
+from state_manager.db import open_database
+from state_manager.errors import Unavailable
+from state_manager.settings import Settings
+
+pytestmark = pytest.mark.postgres
+
+
+def test_the_transaction_postgresql_picks_to_break_a_deadlock_is_a_503(postgres_url: str) -> None:
+    async def scenario() -> None:
+        db = open_database(Settings(database_url=postgres_url))
+        both_hold_one = asyncio.Barrier(2)
+
+        async def take(first: int, second: int) -> None:
+            async with db.transaction(None, write=True) as conn:
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": first})
+                await both_hold_one.wait()
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": second})
+
+        try:
+            outcomes = await asyncio.gather(take(8_801, 8_802), take(8_802, 8_801), return_exceptions=True)
+        finally:
+            await db.dispose()
+        refused = [outcome for outcome in outcomes if outcome is not None]
+        assert len(refused) == 1, outcomes  # one ran; the other was given up, and says so
+        assert isinstance(refused[0], Unavailable), repr(refused[0])
+        assert refused[0].headers == {"Retry-After": "2"}
+
+    asyncio.run(scenario())
+
+
+def test_no_free_connection_within_the_pool_timeout_is_a_503(postgres_url: str) -> None:
+    async def scenario() -> None:
+        settings = Settings(
+            database_url=postgres_url, db_pool_size=1, db_max_overflow=0, db_pool_timeout_seconds=0.3
+        )
+        db = open_database(settings)
+        try:
+            async with db.transaction(None, write=False):
+                with pytest.raises(Unavailable, match="DB_POOL_TIMEOUT_SECONDS") as refused:
+                    async with db.transaction(None, write=False):
+                        pass
+            assert refused.value.headers == {"Retry-After": "2"}
+            async with db.transaction(None, write=False) as conn:  # the connection came back
+                assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+        finally:
+            await db.dispose()
+
+    asyncio.run(scenario())
