@@ -7,12 +7,24 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, Select, and_, case, distinct, func, literal, or_, select, union_all
+from sqlalchemy import (
+    ColumnElement,
+    RowMapping,
+    Select,
+    and_,
+    case,
+    distinct,
+    func,
+    literal,
+    or_,
+    select,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.analytics.models import (
@@ -60,9 +72,9 @@ def _filters(window: Window, actor: Any, number: Any) -> list[ColumnElement[bool
 
 async def fact_sums_by_bucket(
     conn: AsyncConnection, tenant_id: str, window: Window
-) -> Sequence[Mapping[str, Any]]:
-    """Every fact column summed per bucket; the rows as read, not copied into dicts (a 90-day report has
-    8,640 buckets of 22 sums: copied, its peak was 19 MB instead of 12; issue 8, docs/benchmarks.md)."""
+) -> AsyncIterator[RowMapping]:
+    """Every fact column summed per bucket, streamed: a 90-day report has 8,640 buckets of 22 sums, and
+    holding them all was its memory peak (issue 8, docs/benchmarks.md, "Memory")."""
     query: Select[Any] = (
         select(f.bucket, *(func.sum(f[name]).label(name) for name in FACT_COLUMNS))
         .where(
@@ -73,8 +85,8 @@ async def fact_sums_by_bucket(
         )
         .group_by(f.bucket)
     )
-    rows: Sequence[Mapping[str, Any]] = (await conn.execute(query)).mappings().all()
-    return rows
+    async for row in (await conn.stream(query)).mappings():
+        yield row
 
 
 async def fact_sums_by_agent(conn: AsyncConnection, tenant_id: str, window: Window) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
+from sqlalchemy import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.analytics import repository as repo
@@ -102,17 +103,12 @@ MESSAGE_METRICS = tuple(message_metrics(dict.fromkeys(FACT_COLUMNS, 0.0)))
 
 def _series(
     request: ReportRequest,
-    by_bucket: Mapping[dt.datetime, Mapping[str, float]],
+    by_period: Mapping[dt.datetime, Mapping[str, float]],
     metrics: Callable[[Mapping[str, float]], dict[str, Any]],
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    by_period: dict[dt.datetime, dict[str, float]] = {
-        start: dict.fromkeys(FACT_COLUMNS, 0.0) for start in periods(request)
-    }
     totals = dict.fromkeys(FACT_COLUMNS, 0.0)
-    for bucket, sums in by_bucket.items():
-        target = by_period[utc_period_of(bucket, request.granularity, request.tz)]
+    for sums in by_period.values():
         for name in FACT_COLUMNS:
-            target[name] += sums[name]
             totals[name] += sums[name]
     series = [
         {"period": start.astimezone(request.tz).isoformat(), **metrics(sums)}
@@ -121,15 +117,31 @@ def _series(
     return metrics(totals), series
 
 
-async def _bucket_sums(db: Database, request: ReportRequest) -> dict[dt.datetime, dict[str, float]]:
-    answers = await _per_tenant(
-        db, request.tenant_ids, lambda conn, tenant: repo.fact_sums_by_bucket(conn, tenant, request.window)
-    )
-    return _add_up((row for rows in answers for row in rows), "bucket")
+async def _each_bucket(
+    db: Database, request: ReportRequest, take: Callable[[dt.datetime, RowMapping], None]
+) -> None:
+    """Hands every tenant's sums of each bucket to `take` as they are read, never all of them at once."""
+    for tenant_id in request.tenant_ids:
+        async with db.transaction(tenant_id, write=False) as conn:
+            async for row in repo.fact_sums_by_bucket(conn, tenant_id, request.window):
+                take(row["bucket"], row)
+
+
+async def _period_sums(db: Database, request: ReportRequest) -> dict[dt.datetime, dict[str, float]]:
+    """Every fact column summed per period of the request, in order, empty periods included."""
+    by_period = {start: dict.fromkeys(FACT_COLUMNS, 0.0) for start in periods(request)}
+
+    def take(bucket: dt.datetime, row: RowMapping) -> None:
+        target = by_period[utc_period_of(bucket, request.granularity, request.tz)]
+        for name in FACT_COLUMNS:
+            target[name] += float(row[name] or 0)
+
+    await _each_bucket(db, request, take)
+    return by_period
 
 
 async def conversations_report(db: Database, request: ReportRequest) -> dict[str, Any]:
-    by_bucket = await _bucket_sums(db, request)
+    by_period = await _period_sums(db, request)
     # Reply windows that lapsed after their conversation was last projected (no event marks the moment).
     lapsed = await _per_tenant(
         db,
@@ -137,8 +149,8 @@ async def conversations_report(db: Database, request: ReportRequest) -> dict[str
         lambda conn, tenant: repo.pending_windows(conn, tenant, request.window, request.now),
     )
     for moment in (moment for moments in lapsed for moment in moments):
-        by_bucket.setdefault(bucket_of(moment), dict.fromkeys(FACT_COLUMNS, 0.0))["windows_lapsed"] += 1
-    totals, series = _series(request, by_bucket, conversation_metrics)
+        by_period[utc_period_of(bucket_of(moment), request.granularity, request.tz)]["windows_lapsed"] += 1
+    totals, series = _series(request, by_period, conversation_metrics)
     now: Counter[str] = Counter()
     for counts in await _per_tenant(
         db,
@@ -151,7 +163,7 @@ async def conversations_report(db: Database, request: ReportRequest) -> dict[str
 
 
 async def messages_report(db: Database, request: ReportRequest) -> dict[str, Any]:
-    totals, series = _series(request, await _bucket_sums(db, request), message_metrics)
+    totals, series = _series(request, await _period_sums(db, request), message_metrics)
     codes: Counter[str] = Counter()
     for found in await _per_tenant(
         db, request.tenant_ids, lambda conn, tenant: repo.failure_codes(conn, tenant, request.window)
@@ -195,10 +207,13 @@ async def customers_report(db: Database, request: ReportRequest) -> dict[str, An
 
     hours: Counter[int] = Counter()
     weekdays: Counter[int] = Counter()
-    for bucket, sums in (await _bucket_sums(db, request)).items():
+
+    def take(bucket: dt.datetime, row: RowMapping) -> None:
         local = bucket.astimezone(request.tz)
-        hours[local.hour] += int(sums["inbound"])
-        weekdays[local.weekday()] += int(sums["inbound"])
+        hours[local.hour] += int(row["inbound"] or 0)
+        weekdays[local.weekday()] += int(row["inbound"] or 0)
+
+    await _each_bucket(db, request, take)
     return {
         "totals": metrics(*totals),
         "series": [
