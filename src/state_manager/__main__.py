@@ -1,5 +1,5 @@
 """`python -m state_manager …` is `state-manager …`."""
 
-from state_manager.cli import app
+from state_manager.command import main
 
-app(prog_name="state-manager")
+main()

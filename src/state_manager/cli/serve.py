@@ -114,7 +114,9 @@ def log_config(settings: Settings) -> dict[str, Any]:
                 "stream": "ext://sys.stderr",
             }
         },
-        "filters": {"plain": {"()": "state_manager.cli.serve.PlainMessage"}},
+        # Named by module path: each worker imports it. Not from the CLI package, which would bring the
+        # whole CLI (typer, rich, every command) into every worker.
+        "filters": {"plain": {"()": "state_manager.observability.logging.PlainMessage"}},
         "root": {"handlers": ["default"], "level": settings.log_level},
         "loggers": {
             # Filters on the loggers, not the handler: the app's lifespan replaces the handlers.
@@ -124,11 +126,3 @@ def log_config(settings: Settings) -> dict[str, Any]:
             "alembic.runtime.plugins": {"level": "WARNING"},  # one line per plugin on every start
         },
     }
-
-
-class PlainMessage(logging.Filter):
-    """Drops the terminal-coloured copy of the message that uvicorn attaches to its records."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.__dict__.pop("color_message", None)
-        return True

@@ -63,6 +63,14 @@ class ConsoleFormatter(logging.Formatter):
 _KEY_IN_QUERY = re.compile(r"(api_key=)[^&\s\"']+")
 
 
+class PlainMessage(logging.Filter):
+    """Drops the terminal-coloured copy of the message that uvicorn attaches to its records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.pop("color_message", None)
+        return True
+
+
 class RedactKeysInUrls(logging.Filter):
     """Browsers can only give a WebSocket its key in the query string (`/v1/ws?api_key=…`), and uvicorn
     logs each WebSocket's path with its query: the key never reaches the log."""
