@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import textwrap
 from pathlib import Path
 
 import httpx
@@ -69,6 +70,41 @@ def test_console_script_is_installed(workdir: Path) -> None:
         [str(script), "keys", "--help"], capture_output=True, text=True, cwd=workdir, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_a_spawned_worker_does_not_load_the_cli(workdir: Path) -> None:
+    """`serve --workers N` spawns workers (uvicorn uses multiprocessing's spawn); each runs the console
+    script's imports again and applies uvicorn's log configuration. Neither may bring the CLI (typer,
+    rich, every command) into each worker's memory."""
+    script = (Path(CLI[0]).parent / "state-manager").read_text()
+    probe = script.split("if __name__")[0] + textwrap.dedent(
+        """
+        import logging.config, multiprocessing
+
+        def worker(config, answers):
+            logging.config.dictConfig(config)
+            cli = ("typer", "rich", "state_manager.cli")
+            answers.put(sorted(name for name in sys.modules if name.startswith(cli)))
+
+        if __name__ == "__main__":
+            from state_manager.cli.serve import log_config
+            from state_manager.settings import Settings
+
+            context = multiprocessing.get_context("spawn")
+            answers = context.Queue()
+            child = context.Process(target=worker, args=(log_config(Settings()), answers))
+            child.start()
+            print(answers.get(timeout=60))
+            child.join()
+        """
+    )
+    path = workdir / "state-manager-probe"
+    path.write_text(probe)
+    done = subprocess.run(
+        [CLI[0], str(path)], capture_output=True, text=True, cwd=workdir, check=False, env=clean_env()
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize(
