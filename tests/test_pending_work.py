@@ -12,6 +12,8 @@ import pytest
 from sqlalchemy import insert, select, text
 
 from state_manager.analytics.models import analytics_progress
+from state_manager.conversations.models import conversations
+from state_manager.customers.models import customers
 from state_manager.db import Database, open_database
 from state_manager.db.migrate import upgrade_to_head_async
 from state_manager.db.pending import PendingWork, pending_work
@@ -114,6 +116,47 @@ async def _seed(db: Database) -> None:
         )
 
 
+async def _seed_conversations(db: Database, now: dt.datetime) -> None:
+    """pw-c: one open conversation quiet for 3 hours, one active 1 hour ago, one closed quiet for 9."""
+    customer = uuid.uuid4()
+
+    def conversation(state: str, quiet: dt.timedelta, number: str) -> dict[str, object]:
+        at = now - quiet
+        return {"tenant_id": "pw-c", "id": uuid.uuid4(), "customer_id": customer, "channel": "whatsapp"} | {
+            "business_number_id": number,
+            "state": state,
+            "state_changed_at": at,
+            "started_at": at,
+            "last_activity_at": at,
+            "metadata": {},
+            "version": 1,
+            "created_at": at,
+            "updated_at": at,
+        }
+
+    async with db.transaction("pw-c", write=True) as conn:
+        await conn.execute(
+            insert(customers).values(
+                tenant_id="pw-c",
+                id=customer,
+                preferences={},
+                consent={},
+                attributes={},
+                version=1,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        await conn.execute(
+            insert(conversations),
+            [
+                conversation("waiting", dt.timedelta(hours=3), "1"),
+                conversation("active", dt.timedelta(hours=1), "2"),
+                conversation("closed", dt.timedelta(hours=9), "3"),
+            ],
+        )
+
+
 def _work(tenant: str, **found: object) -> PendingWork:
     nothing: dict[str, object] = {
         "unpublished_output": False,
@@ -123,6 +166,7 @@ def _work(tenant: str, **found: object) -> PendingWork:
         "pending_deliveries": False,
         "deliveries_to_prune": False,
         "analytics_behind": False,
+        "oldest_open_activity": None,
     }
     return PendingWork(tenant_id=tenant, **(nothing | found))  # type: ignore[arg-type]
 
@@ -143,6 +187,7 @@ def test_each_tenants_pending_work_in_one_statement(
         try:
             await _seed(db)
             now = utcnow()
+            await _seed_conversations(db, now)
             found = await pending_work(
                 db,
                 output_published_before=now - dt.timedelta(days=1),
@@ -163,7 +208,8 @@ def test_each_tenants_pending_work_in_one_statement(
                     last_numbered=5,
                     analytics_behind=True,
                 ),
-                _work("pw-c", analytics_behind=True),  # never projected
+                # never projected; the closed conversation does not count
+                _work("pw-c", analytics_behind=True, oldest_open_activity=now - dt.timedelta(hours=3)),
             ]
             # Cutoffs older than everything, or none: nothing to prune.
             later = await pending_work(

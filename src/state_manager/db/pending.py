@@ -1,10 +1,11 @@
 """Every tenant's background work, found in one statement.
 
 The sweeps (event relay, queue outbox, webhook dispatcher, analytics projector) look at every tenant for
-work that a crash or an outage left behind. Asking tenant by tenant costs a transaction each: with 1,500
-tenants an idle server spent most of a core on it. Here one statement answers for all of them. On
-PostgreSQL it is `sm_pending_work` (migration 0011), which reads each tenant under its own row-level
-security policy; SQLite has no policies, and the same questions are correlated subqueries.
+work that a crash or an outage left behind, and the expiry job for conversations gone quiet. Asking tenant
+by tenant costs a transaction each: with 1,500 tenants an idle server spent most of a core on it. Here one
+statement answers for all of them. On PostgreSQL it is `sm_pending_work` (migration 0011), which reads each
+tenant under its own row-level security policy; SQLite has no policies, and the same questions are
+correlated subqueries.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, exists, false, func, or_, select, text
 
 from state_manager.analytics.models import analytics_progress
+from state_manager.conversations.models import conversations
+from state_manager.conversations.repository import OPEN_FILTER
 from state_manager.db.database import Database
 from state_manager.events.models import event_relay, events
 from state_manager.queues.models import broker_outbox
@@ -39,6 +42,7 @@ class PendingWork:
     pending_deliveries: bool
     deliveries_to_prune: bool  # delivered before `delivered_before`
     analytics_behind: bool  # as analytics.projector.freshness: not complete
+    oldest_open_activity: dt.datetime | None  # the earliest last_activity_at of an open conversation
 
 
 async def pending_work(
@@ -64,6 +68,7 @@ async def pending_work(
             pending_deliveries=bool(row[5]),
             deliveries_to_prune=bool(row[6]),
             analytics_behind=bool(row[7]),
+            oldest_open_activity=row[8],
         )
         for row in rows
     ]
@@ -72,8 +77,9 @@ async def pending_work(
 def _sqlite_query(
     output_published_before: dt.datetime | None, delivered_before: dt.datetime | None
 ) -> Select[Any]:
-    t, o, e, r, d, p = (
+    t, c, o, e, r, d, p = (
         tenants.c,
+        conversations.c,
         broker_outbox.c,
         events.c,
         event_relay.c,
@@ -114,4 +120,5 @@ def _sqlite_query(
         exists().where(d.tenant_id == t.id, d.status == PENDING),
         deliveries_to_prune,
         behind,
+        select(func.min(c.last_activity_at)).where(c.tenant_id == t.id, OPEN_FILTER).scalar_subquery(),
     ).order_by(t.id)

@@ -5,7 +5,7 @@ Revises: 0010
 Create Date: 2026-12-11 09:00:00
 
 The sweeps of the event relay, the queue outbox, the webhook dispatcher and the analytics projector look
-at every tenant for work a crash or an outage left. One transaction per tenant and sweep made an idle
+at every tenant for work a crash or an outage left, and the expiry job for conversations gone quiet. One transaction per tenant and sweep made an idle
 server with 1,500 tenants spend most of a core, and PostgreSQL 800 transactions a second, on finding
 nothing. This function answers for every tenant in one round trip.
 
@@ -34,7 +34,8 @@ RETURNS TABLE (
     last_numbered bigint,
     pending_deliveries boolean,
     deliveries_to_prune boolean,
-    analytics_behind boolean
+    analytics_behind boolean,
+    oldest_open_activity timestamptz
 )
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -67,7 +68,14 @@ BEGIN
                     COALESCE((SELECT r.trimmed_through FROM event_relay r WHERE r.tenant_id = t), 0)
                 )
                 FROM analytics_progress p WHERE p.tenant_id = t
-            ), true);
+            ), true),
+            -- one probe per open state on (tenant_id, state, last_activity_at)
+            LEAST(
+                (SELECT min(c.last_activity_at) FROM conversations c WHERE c.tenant_id = t AND c.state = 'pending'),
+                (SELECT min(c.last_activity_at) FROM conversations c WHERE c.tenant_id = t AND c.state = 'active'),
+                (SELECT min(c.last_activity_at) FROM conversations c WHERE c.tenant_id = t AND c.state = 'waiting'),
+                (SELECT min(c.last_activity_at) FROM conversations c WHERE c.tenant_id = t AND c.state = 'error')
+            );
     END LOOP;
     PERFORM set_config('app.tenant_id', coalesce(caller_tenant, ''), true);
 END
