@@ -24,6 +24,7 @@ from state_manager.settings import Settings
 from state_manager.subscriptions.models import webhook_deliveries, webhook_subscriptions
 from state_manager.tenants.models import organizations, tenants
 
+SETTING = text("SELECT current_setting('app.tenant_id', true)")
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
@@ -36,7 +37,7 @@ async def _seed(db: Database) -> None:
             [
                 {"id": f"pw-{name}", "organization_id": "pw", "name": name, "settings": {}}
                 | {"created_at": now, "updated_at": now}
-                for name in "abc"
+                for name in "abcd"
             ],
         )
 
@@ -113,6 +114,22 @@ async def _seed(db: Database) -> None:
         )
         await conn.execute(
             insert(analytics_progress).values(tenant_id="pw-b", last_seq=0, rebuilding=False, updated_at=now)
+        )
+
+    # pw-d: numbers far above pw-a's, projected up to date. Each tenant is compared with its own numbers
+    # only: against pw-d's, pw-a would look behind.
+    async with db.transaction("pw-d", write=True) as conn:
+        await conn.execute(
+            insert(events),
+            [
+                {"tenant_id": "pw-d", "id": n, "seq": 37 + n, "type": "message.recorded", "payload": {}}
+                | {"occurred_at": now}
+                for n in (1, 2, 3)
+            ],
+        )
+        await conn.execute(insert(event_relay).values(tenant_id="pw-d", last_seq=40, updated_at=now))
+        await conn.execute(
+            insert(analytics_progress).values(tenant_id="pw-d", last_seq=40, rebuilding=False, updated_at=now)
         )
 
 
@@ -210,6 +227,7 @@ def test_each_tenants_pending_work_in_one_statement(
                 ),
                 # never projected; the closed conversation does not count
                 _work("pw-c", analytics_behind=True, oldest_open_activity=now - dt.timedelta(hours=3)),
+                _work("pw-d", last_numbered=40),
             ]
             # Cutoffs older than everything, or none: nothing to prune.
             later = await pending_work(
@@ -220,7 +238,7 @@ def test_each_tenants_pending_work_in_one_statement(
             assert not any(work.output_to_prune or work.deliveries_to_prune for work in later)
             assert [(w.output_to_prune, w.deliveries_to_prune) for w in await pending_work(db)] == [
                 (False, False)
-            ] * 3
+            ] * 4
         finally:
             await db.dispose()
 
@@ -241,11 +259,11 @@ def test_the_function_reads_each_tenant_under_its_policy_and_gives_the_caller_it
                 # Still pw-b's transaction: pw-a's output stays invisible.
                 assert (await conn.execute(select(broker_outbox.c.tenant_id))).all() == []
                 assert set((await conn.execute(select(webhook_deliveries.c.tenant_id))).scalars()) == {"pw-b"}
+                assert (await conn.execute(SETTING)).scalar() == "pw-b"
             async with db.transaction(None, write=False) as conn:
                 await conn.execute(text("SELECT * FROM sm_pending_work(NULL, NULL)"))
-                assert (
-                    await conn.execute(select(broker_outbox.c.tenant_id))
-                ).all() == []  # no tenant: no rows
+                assert (await conn.execute(SETTING)).scalar() == ""  # no tenant: no rows
+                assert (await conn.execute(select(broker_outbox.c.tenant_id))).all() == []
         finally:
             await db.dispose()
 

@@ -102,9 +102,15 @@ def _sqlite_query(
             d.delivered_at < delivered_before,
         )
     )
+    # Nested one level deeper than the others: without an explicit correlation SQLAlchemy would give these
+    # subqueries a `tenants` of their own, and compare each tenant with every tenant's numbers.
     head = func.max(
-        func.coalesce(select(func.max(e.seq)).where(e.tenant_id == t.id).scalar_subquery(), 0),
-        func.coalesce(select(r.trimmed_through).where(r.tenant_id == t.id).scalar_subquery(), 0),
+        func.coalesce(
+            select(func.max(e.seq)).where(e.tenant_id == t.id).correlate(tenants).scalar_subquery(), 0
+        ),
+        func.coalesce(
+            select(r.trimmed_through).where(r.tenant_id == t.id).correlate(tenants).scalar_subquery(), 0
+        ),
     )
     progress = select(p.rebuilding, p.last_seq).where(p.tenant_id == t.id)
     behind = or_(
