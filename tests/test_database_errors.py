@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from state_manager.db import open_database
+from state_manager.db.postgres import PostgresDatabase
 from state_manager.errors import Unavailable
 from state_manager.settings import Settings
 
@@ -44,10 +45,15 @@ def test_no_free_connection_within_the_pool_timeout_is_a_503(postgres_url: str) 
             database_url=postgres_url, db_pool_size=1, db_max_overflow=0, db_pool_timeout_seconds=0.3
         )
         db = open_database(settings)
+        assert isinstance(db, PostgresDatabase)
         try:
             async with db.transaction(None, write=False):
                 with pytest.raises(Unavailable, match="DB_POOL_TIMEOUT_SECONDS") as refused:
                     async with db.transaction(None, write=False):
+                        pass
+                # The inbound path's own way in (one statement on the driver's connection) says the same.
+                with pytest.raises(Unavailable, match="DB_POOL_TIMEOUT_SECONDS"):
+                    async with db.driver_connection():
                         pass
             assert refused.value.headers == {"Retry-After": "2"}
             async with db.transaction(None, write=False) as conn:  # the connection came back

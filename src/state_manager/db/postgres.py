@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from state_manager.db.database import RETRY_AFTER_SECONDS, SERVER_GOING_AWAY, Database
@@ -84,6 +85,11 @@ class PostgresDatabase(Database):
             conn = await self.engine.connect()
         except (OperationalError, InterfaceError, OSError) as exc:
             raise lost from exc
+        except PoolTimeout as exc:
+            raise Unavailable(
+                "every database connection stayed busy (DB_POOL_TIMEOUT_SECONDS); retry later",
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
+            ) from exc
         except DBAPIError as exc:  # "the database system is shutting down" / "starting up"
             if getattr(exc.orig, "sqlstate", None) not in SERVER_GOING_AWAY:
                 raise
