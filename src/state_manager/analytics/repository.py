@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -72,7 +72,7 @@ def _filters(window: Window, actor: Any, number: Any) -> list[ColumnElement[bool
 
 async def fact_sums_by_bucket(
     conn: AsyncConnection, tenant_id: str, window: Window
-) -> AsyncIterator[RowMapping]:
+) -> AsyncGenerator[RowMapping, None]:
     """Every fact column summed per bucket, streamed: a 90-day report has 8,640 buckets of 22 sums, and
     holding them all was its memory peak (issue 8, docs/benchmarks.md, "Memory")."""
     query: Select[Any] = (

@@ -3,6 +3,7 @@ in the periods of the caller's time zone, and turned into the metrics docs/analy
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -122,8 +123,11 @@ async def _each_bucket(
 ) -> None:
     """Hands every tenant's sums of each bucket to `take` as they are read, never all of them at once."""
     for tenant_id in request.tenant_ids:
-        async with db.transaction(tenant_id, write=False) as conn:
-            async for row in repo.fact_sums_by_bucket(conn, tenant_id, request.window):
+        async with (
+            db.transaction(tenant_id, write=False) as conn,
+            contextlib.aclosing(repo.fact_sums_by_bucket(conn, tenant_id, request.window)) as rows,
+        ):
+            async for row in rows:
                 take(row["bucket"], row)
 
 
