@@ -42,6 +42,7 @@ from harness import (
     clean_env,
     cli_json,
     create_database,
+    create_tenant,
     drop_database,
     in_ci,
     postgres_problem,
@@ -200,10 +201,7 @@ def postgres_server(
         workdir, postgres_url, **({"REDIS_URL": redis_url} if redis_url else {}), **postgres_queues
     )
     created = cli_json("keys", "create", "--kind", "admin", "--name", "test harness", env=env, cwd=workdir)
-    cli_json(
-        "tenants", "create", "harness", "--organization", "harness", "--name", "Harness",
-        "--create-organization", env=env, cwd=workdir,
-    )  # fmt: skip
+    create_tenant("harness", env=env, cwd=workdir, name="Harness")
     process = ServerProcess("postgres", env, workdir)
     process.start()
     try:

@@ -94,6 +94,14 @@ def cli_json(*args: str, env: Mapping[str, str], cwd: Path) -> Any:
     return json.loads(done.stdout)
 
 
+def create_tenant(tenant: str, *, env: Mapping[str, str], cwd: Path, name: str | None = None) -> Any:
+    """`state-manager tenants create`, in an organization of the same ID made for it."""
+    return cli_json(
+        "tenants", "create", tenant, "--organization", tenant, "--name", name or tenant,
+        "--create-organization", env=env, cwd=cwd,
+    )  # fmt: skip
+
+
 # --- PostgreSQL --------------------------------------------------------------------------------------
 
 
@@ -104,14 +112,7 @@ def _in_thread(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 async def _admin_execute(*statements: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
-
-    conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
+    await _execute_on(PG_ADMIN_DSN, *statements)
 
 
 def as_postgres_admin(*statements: str) -> None:
@@ -739,7 +740,7 @@ class PostgresCluster:
 
 
 async def _execute_on(dsn: str, *statements: str) -> None:
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     conn = await asyncpg.connect(dsn, timeout=5)
     try:

@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from domain.helpers import inbound, ok, wa_id
-from harness import RedisServer, ServerProcess, cli_json, eventually, server_env
+from harness import RedisServer, ServerProcess, cli_json, create_tenant, eventually, server_env
 
 Frame = dict[str, Any]
 
@@ -100,10 +100,7 @@ def instances(
                      CACHE_WARM_LIMIT="0", EVENTS_WS_BACKLOG="20")  # fmt: skip
     tenant = f"live-{tmp_path.name[-10:]}".replace("_", "-").lower()
     admin = cli_json("keys", "create", "--kind", "admin", "--name", "live test", env=env, cwd=tmp_path)
-    cli_json(
-        "tenants", "create", tenant, "--organization", tenant, "--name", tenant, "--create-organization",
-        env=env, cwd=tmp_path,
-    )  # fmt: skip
+    create_tenant(tenant, env=env, cwd=tmp_path)
     servers = [ServerProcess(f"live-{n}", env, tmp_path) for n in range(2)]
     for server in servers:
         server.start()

@@ -12,7 +12,7 @@ import asyncpg
 import httpx
 import pytest
 
-from harness import Server, ServerProcess, cli_json, server_env
+from harness import Server, ServerProcess, create_tenant, server_env
 from state_manager.db.postgres import APP_ROLE
 
 
@@ -93,10 +93,7 @@ def test_a_freshly_grown_pool_keeps_every_write(
     uncommitted, taking the writes made on it along)."""
     tenant = f"pool-{uuid.uuid4().hex[:8]}"
     env = server_env(workdir, postgres_url) | {"AUTH_MODE": "disabled"}
-    cli_json(
-        "tenants", "create", tenant, "--organization", tenant, "--name", tenant, "--create-organization",
-        env=env, cwd=workdir,
-    )  # fmt: skip
+    create_tenant(tenant, env=env, cwd=workdir)
     process = ServerProcess("fresh-pool", env, workdir)
     process.start()
     try:

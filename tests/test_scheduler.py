@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from domain.helpers import inbound, ok, wa_id
-from harness import ServerProcess, cli_json, eventually, server_env
+from harness import ServerProcess, cli_json, create_tenant, eventually, server_env
 from owner_db import owner_execute
 from state_manager.conversations.models import conversations, state_changes
 from state_manager.events.models import events
@@ -30,10 +30,7 @@ FAST_JOBS = {"JOBS_ENABLED": "true", "EXPIRY_INTERVAL_SECONDS": "1", "RETENTION_
 def make_tenant(env: dict[str, str], workdir: Path) -> tuple[str, dict[str, str]]:
     tenant = f"jobs-{uuid.uuid4().hex[:10]}"
     admin = cli_json("keys", "create", "--kind", "admin", "--name", "jobs test", env=env, cwd=workdir)
-    cli_json(
-        "tenants", "create", tenant, "--organization", tenant, "--name", tenant, "--create-organization",
-        env=env, cwd=workdir,
-    )  # fmt: skip
+    create_tenant(tenant, env=env, cwd=workdir)
     return tenant, {"Authorization": f"Bearer {admin['key']}", "X-Tenant-ID": tenant}
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness import ServerProcess, cli_json, server_env
+from harness import ServerProcess, cli_json, create_tenant, server_env
 
 from .helpers import Tenant, genesys_id, inbound, ok, record_message, transition, wa_id, wamid
 
@@ -198,10 +198,7 @@ def test_two_workers_never_answer_from_a_stale_cache(
         env = server_env(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'sm.db'}")
     tenant = f"cache-{tmp_path.name[-8:]}".replace("_", "-")
     created = cli_json("keys", "create", "--kind", "admin", "--name", "cache test", env=env, cwd=tmp_path)
-    cli_json(
-        "tenants", "create", tenant, "--organization", tenant, "--name", tenant, "--create-organization",
-        env=env, cwd=tmp_path,
-    )  # fmt: skip
+    create_tenant(tenant, env=env, cwd=tmp_path)
     process = ServerProcess("cache", env, tmp_path, serve_args=("--workers", "2"))
     process.start()
     try:

@@ -27,7 +27,7 @@ import httpx
 import pytest
 import redis
 
-from harness import RedisServer, ServerProcess, cli_json, eventually, server_env
+from harness import RedisServer, ServerProcess, cli_json, create_tenant, eventually, server_env
 from reliability.faults import (
     Writer,
     assert_each_once,
@@ -53,10 +53,7 @@ def instances(request: pytest.FixtureRequest, tmp_path: Path, own_redis: RedisSe
     )  # fmt: skip
     tenant = f"kill-{tmp_path.name[-10:]}".replace("_", "-").lower()
     admin = cli_json("keys", "create", "--kind", "admin", "--name", "kill test", env=env, cwd=tmp_path)
-    cli_json(
-        "tenants", "create", tenant, "--organization", tenant, "--name", tenant, "--create-organization",
-        env=env, cwd=tmp_path,
-    )  # fmt: skip
+    create_tenant(tenant, env=env, cwd=tmp_path)
     servers = [ServerProcess(f"kill-{n}", env, tmp_path) for n in range(2)]
     for server in servers:
         server.start()

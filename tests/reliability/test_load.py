@@ -52,6 +52,7 @@ from harness import (
     ServerProcess,
     cli_json,
     create_database,
+    create_tenant,
     drop_database,
     run_cli,
     server_env,
@@ -119,8 +120,7 @@ def cluster(postgres_available: None, own_redis: RedisServer, tmp_path: Path) ->
         done = run_cli("migrate", env=env, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         tenant = "load-" + uuid.uuid4().hex[:8]
-        cli_json("tenants", "create", tenant, "--organization", tenant, "--name", "Load",
-                 "--create-organization", env=env, cwd=tmp_path)  # fmt: skip
+        create_tenant(tenant, env=env, cwd=tmp_path, name="Load")
         key = cli_json("keys", "create", "--kind", "tenant", "--tenant", tenant, "--name", "load",
                        env=env, cwd=tmp_path)["key"]  # fmt: skip
         servers.extend(ServerProcess(f"load-{n}", env, tmp_path) for n in range(2))

@@ -23,7 +23,15 @@ import httpx
 import pytest
 
 from domain.helpers import PROBLEM_JSON
-from harness import PostgresCluster, RedisServer, ServerProcess, cli_json, eventually, server_env
+from harness import (
+    PostgresCluster,
+    RedisServer,
+    ServerProcess,
+    cli_json,
+    create_tenant,
+    eventually,
+    server_env,
+)
 from reliability.faults import (
     Answer,
     Writer,
@@ -49,10 +57,7 @@ def outage_server(
         EVENTS_SWEEP_SECONDS="1",
     )  # fmt: skip
     admin = cli_json("keys", "create", "--kind", "admin", "--name", "outage", env=env, cwd=tmp_path)
-    cli_json(
-        "tenants", "create", TENANT, "--organization", TENANT, "--name", TENANT, "--create-organization",
-        env=env, cwd=tmp_path,
-    )  # fmt: skip
+    create_tenant(TENANT, env=env, cwd=tmp_path)
     server = ServerProcess("pg-outage", env, tmp_path)
     server.start()
     try:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from harness import Broker, ServerProcess, TcpProxy, cli_json, eventually, run_cli, server_env
+from harness import Broker, ServerProcess, TcpProxy, create_tenant, eventually, run_cli, server_env
 from reliability.faults import assert_each_once, assert_one_open_conversation_each, query, stored_wamids
 from reliability.test_rabbitmq_faults import inbound, proxy, queue_states, queues, via
 
@@ -57,10 +57,7 @@ def test_the_connection_dropped_mid_stream_on_postgres(
     )
     migrated = run_cli("migrate", env=settings, cwd=workdir)
     assert migrated.returncode == 0, migrated.stderr
-    cli_json(
-        "tenants", "create", tenant, "--organization", tenant, "--name", tenant, "--create-organization",
-        env=settings, cwd=workdir,
-    )  # fmt: skip
+    create_tenant(tenant, env=settings, cwd=workdir)
     server = ServerProcess("drop-pg", settings, workdir)
     server.start()
     try:

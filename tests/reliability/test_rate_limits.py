@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness import Api, RedisServer, ServerProcess, cli_json, server_env
+from harness import Api, RedisServer, ServerProcess, cli_json, create_tenant, server_env
 
 PROBLEM_JSON = "application/problem+json"
 SYNC_SECONDS = 0.1  # RATE_LIMIT_SYNC_SECONDS' default: what the two-instance bound is stated with
@@ -298,10 +298,7 @@ def test_two_instances_sharing_redis_hold_one_budget(
     first = start_server("postgres", "budget-a", redis_url=own_redis.url)
     second = start_server("postgres", "budget-b", redis_url=own_redis.url)
     tenant = f"rl-{first.port}"
-    cli_json(
-        "tenants", "create", tenant, "--organization", tenant, "--name", tenant, "--create-organization",
-        env=first.env, cwd=first.workdir,
-    )  # fmt: skip
+    create_tenant(tenant, env=first.env, cwd=first.workdir)
     created = cli_json(
         "keys", "create", "--kind", "tenant", "--tenant", tenant, "--name", "shared budget",
         "--rate-limit", str(per_second), "--burst", str(burst), "--json", env=first.env, cwd=first.workdir,

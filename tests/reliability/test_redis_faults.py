@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from domain.helpers import genesys_id, inbound, ok, wa_id, wamid
-from harness import RedisServer, ServerProcess, cli_json, eventually, server_env
+from harness import RedisServer, ServerProcess, cli_json, create_tenant, eventually, server_env
 
 BUSINESS = "bn-cache"
 AGREEMENT_BOUND_SECONDS = 1.0  # docs/design.md, "Lookup cache"
@@ -29,10 +29,7 @@ def start_servers(
     )
     tenant = f"cache-{workdir.name[-10:]}".replace("_", "-").lower()
     admin = cli_json("keys", "create", "--kind", "admin", "--name", "cache test", env=env, cwd=workdir)
-    cli_json(
-        "tenants", "create", tenant, "--organization", tenant, "--name", tenant, "--create-organization",
-        env=env, cwd=workdir,
-    )  # fmt: skip
+    create_tenant(tenant, env=env, cwd=workdir)
     servers = [ServerProcess(f"cache-{n}", env, workdir) for n in range(count)]
     for server in servers:
         server.start()
