@@ -8,11 +8,9 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import event, text
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
-from state_manager.db.database import RETRY_AFTER_SECONDS, SERVER_GOING_AWAY, Database
+from state_manager.db.database import RETRY_AFTER_SECONDS, Database
 from state_manager.errors import Unavailable
 from state_manager.settings import Settings
 
@@ -83,17 +81,11 @@ class PostgresDatabase(Database):
         )
         try:
             conn = await self.engine.connect()
-        except (OperationalError, InterfaceError, OSError) as exc:
-            raise lost from exc
-        except PoolTimeout as exc:
-            raise Unavailable(
-                "every database connection stayed busy (DB_POOL_TIMEOUT_SECONDS); retry later",
-                headers={"Retry-After": RETRY_AFTER_SECONDS},
-            ) from exc
-        except DBAPIError as exc:  # "the database system is shutting down" / "starting up"
-            if getattr(exc.orig, "sqlstate", None) not in SERVER_GOING_AWAY:
+        except Exception as exc:
+            meaning = self._meaning(exc)  # the same 503s as a transaction's: lost, restarting, pool busy
+            if meaning is None:
                 raise
-            raise lost from exc
+            raise meaning from exc
         try:
             driver = (await conn.get_raw_connection()).driver_connection
             assert isinstance(driver, asyncpg.Connection)
