@@ -1,5 +1,6 @@
-"""Every tenant's background work in one statement (db/pending.py; on PostgreSQL `sm_pending_work`, migration
-0011): the same answers on both backends, and on PostgreSQL under each tenant's own row-level security."""
+"""Every tenant's background work in one statement (db/pending.py; on PostgreSQL `sm_pending_work`,
+migrations 0011 and 0012): the same answers on both backends, and on PostgreSQL under each tenant's own
+row-level security."""
 
 from __future__ import annotations
 
@@ -209,6 +210,7 @@ def test_each_tenants_pending_work_in_one_statement(
                 db,
                 output_published_before=now - dt.timedelta(days=1),
                 delivered_before=now - dt.timedelta(days=7),
+                oldest_open_activity=True,
             )
             assert found == [
                 _work(
@@ -236,6 +238,8 @@ def test_each_tenants_pending_work_in_one_statement(
                 delivered_before=now - dt.timedelta(days=30),
             )
             assert not any(work.output_to_prune or work.deliveries_to_prune for work in later)
+            # The oldest open activity reads every open conversation: only when asked.
+            assert [work.oldest_open_activity for work in later] == [None] * 4
             assert [(w.output_to_prune, w.deliveries_to_prune) for w in await pending_work(db)] == [
                 (False, False)
             ] * 4
@@ -255,13 +259,13 @@ def test_the_function_reads_each_tenant_under_its_policy_and_gives_the_caller_it
         try:
             await _seed(db)
             async with db.transaction("pw-b", write=False) as conn:
-                await conn.execute(text("SELECT * FROM sm_pending_work(NULL, NULL)"))
+                await conn.execute(text("SELECT * FROM sm_pending_work(NULL, NULL, true)"))
                 # Still pw-b's transaction: pw-a's output stays invisible.
                 assert (await conn.execute(select(broker_outbox.c.tenant_id))).all() == []
                 assert set((await conn.execute(select(webhook_deliveries.c.tenant_id))).scalars()) == {"pw-b"}
                 assert (await conn.execute(SETTING)).scalar() == "pw-b"
             async with db.transaction(None, write=False) as conn:
-                await conn.execute(text("SELECT * FROM sm_pending_work(NULL, NULL)"))
+                await conn.execute(text("SELECT * FROM sm_pending_work(NULL, NULL, true)"))
                 assert (await conn.execute(SETTING)).scalar() == ""  # no tenant: no rows
                 assert (await conn.execute(select(broker_outbox.c.tenant_id))).all() == []
         finally:

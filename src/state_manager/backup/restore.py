@@ -57,6 +57,10 @@ from state_manager.tenants.schemas import TENANT_ID_PATTERN
 RESTORABLE_REVISIONS: dict[str, str] = {
     "0009": "0010 only added api_keys' nullable rate limit columns (NULL: the settings' default)",
     "0010": "0011 only added a function (sm_pending_work); no table changed",
+    "0011": (
+        "0012 only replaced an index of conversations, set the table's fillfactor and replaced"
+        " sm_pending_work; no column changed"
+    ),
 }
 
 

@@ -51,7 +51,8 @@ async def expire_inactive(
         found = await tenants.list_tenants(conn)
     # One statement for every tenant's oldest open conversation: most tenants have none gone quiet, and a
     # transaction each to find that out was most of what an idle server did with many tenants.
-    oldest = {work.tenant_id: work.oldest_open_activity for work in await pending_work(db)}
+    found_work = await pending_work(db, oldest_open_activity=True)
+    oldest = {work.tenant_id: work.oldest_open_activity for work in found_work}
     for tenant in found:
         if tenant_id is not None and tenant.id != tenant_id:
             continue

@@ -72,10 +72,16 @@ conversations = Table(
         sqlite_where=text("genesys_communication_id IS NOT NULL"),
     ),
     Index(None, "tenant_id", "customer_id", "started_at"),
-    Index(None, "tenant_id", "state", "last_activity_at"),
+    # Not on last_activity_at: every inbound message moves that clock, and an indexed column changing makes
+    # PostgreSQL write a new entry in every index (no HOT update). Open conversations by activity are read
+    # by the background jobs only, through the open-conversation index.
+    Index(None, "tenant_id", "state"),
     # For listing in time order. Without `id`: with it, a lookup by (tenant_id, id) on a table without
     # statistics could be planned on this index (a scan of the whole tenant) instead of the primary key.
     Index(None, "tenant_id", "started_at"),
+    # Room on each page for a row's next version, so that an update can stay on its page (HOT) and the
+    # versions it leaves are pruned by the next read of the page, without waiting for VACUUM.
+    postgresql_with={"fillfactor": 80},
 )
 
 participants = Table(

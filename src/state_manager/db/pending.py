@@ -3,9 +3,9 @@
 The sweeps (event relay, queue outbox, webhook dispatcher, analytics projector) look at every tenant for
 work that a crash or an outage left behind, and the expiry job for conversations gone quiet. Asking tenant
 by tenant costs a transaction each: with 1,500 tenants an idle server spent most of a core on it. Here one
-statement answers for all of them. On PostgreSQL it is `sm_pending_work` (migration 0011), which reads each
-tenant under its own row-level security policy; SQLite has no policies, and the same questions are
-correlated subqueries.
+statement answers for all of them. On PostgreSQL it is `sm_pending_work` (migrations 0011 and 0012), which
+reads each tenant under its own row-level security policy; SQLite has no policies, and the same questions
+are correlated subqueries.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, exists, false, func, or_, select, text
+from sqlalchemy import ColumnElement, Select, exists, false, func, null, or_, select, text
 
 from state_manager.analytics.models import analytics_progress
 from state_manager.conversations.models import conversations
@@ -28,7 +28,7 @@ from state_manager.tenants.models import tenants
 
 _POSTGRES = text(
     "SELECT * FROM sm_pending_work("
-    "CAST(:output_before AS timestamptz), CAST(:delivered_before AS timestamptz))"
+    "CAST(:output_before AS timestamptz), CAST(:delivered_before AS timestamptz), :oldest_open_activity)"
 )
 
 
@@ -42,7 +42,8 @@ class PendingWork:
     pending_deliveries: bool
     deliveries_to_prune: bool  # delivered before `delivered_before`
     analytics_behind: bool  # as analytics.projector.freshness: not complete
-    oldest_open_activity: dt.datetime | None  # the earliest last_activity_at of an open conversation
+    # The earliest last_activity_at of an open conversation; None when there is none or it was not asked.
+    oldest_open_activity: dt.datetime | None
 
 
 async def pending_work(
@@ -50,14 +51,22 @@ async def pending_work(
     *,
     output_published_before: dt.datetime | None = None,
     delivered_before: dt.datetime | None = None,
+    oldest_open_activity: bool = False,
 ) -> list[PendingWork]:
-    """One entry per tenant, in tenant order. Without a cutoff, nothing is reported as to prune."""
+    """One entry per tenant, in tenant order. Without a cutoff, nothing is reported as to prune. The oldest
+    open activity costs a read of every open conversation (no index has the column, so that the update
+    each message makes stays on its page): only the expiry job asks for it."""
     async with db.transaction(None, write=False) as conn:
         if conn.dialect.name == "postgresql":
-            params = {"output_before": output_published_before, "delivered_before": delivered_before}
+            params = {
+                "output_before": output_published_before,
+                "delivered_before": delivered_before,
+                "oldest_open_activity": oldest_open_activity,
+            }
             rows = (await conn.execute(_POSTGRES, params)).all()
         else:
-            rows = (await conn.execute(_sqlite_query(output_published_before, delivered_before))).all()
+            query = _sqlite_query(output_published_before, delivered_before, oldest_open_activity)
+            rows = (await conn.execute(query)).all()
     return [
         PendingWork(
             tenant_id=row[0],
@@ -75,7 +84,9 @@ async def pending_work(
 
 
 def _sqlite_query(
-    output_published_before: dt.datetime | None, delivered_before: dt.datetime | None
+    output_published_before: dt.datetime | None,
+    delivered_before: dt.datetime | None,
+    oldest_open_activity: bool,
 ) -> Select[Any]:
     t, c, o, e, r, d, p = (
         tenants.c,
@@ -126,5 +137,9 @@ def _sqlite_query(
         exists().where(d.tenant_id == t.id, d.status == PENDING),
         deliveries_to_prune,
         behind,
-        select(func.min(c.last_activity_at)).where(c.tenant_id == t.id, OPEN_FILTER).scalar_subquery(),
+        (
+            select(func.min(c.last_activity_at)).where(c.tenant_id == t.id, OPEN_FILTER).scalar_subquery()
+            if oldest_open_activity
+            else null()
+        ),
     ).order_by(t.id)
