@@ -40,6 +40,8 @@ async def prepare_schema(settings: Settings, db: Database) -> None:
             f"the database schema is at revision {current or 'none'}, this release needs {head}: "
             "run `state-manager migrate` first"
         )
+    for warning in await db.configuration_warnings():
+        log.warning(warning)
 
 
 def _missing_app_role(exc: DBAPIError) -> bool:

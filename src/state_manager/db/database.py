@@ -162,6 +162,10 @@ class Database(abc.ABC):
                 return None
         return None if row is None else str(row[0])
 
+    async def configuration_warnings(self) -> list[str]:
+        """What in the database server's configuration will hurt the service, for the start-up log."""
+        return []
+
     async def dispose(self) -> None:
         await self.engine.dispose()
 
