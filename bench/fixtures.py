@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from bench.httpclient import JsonClient
-from bench.scenarios import BUSINESS_DISPLAY_NUMBER, BUSINESS_NUMBER_ID, LOOKUP_WA_ID, iso_now
+from bench.scenarios import (
+    BUSINESS_DISPLAY_NUMBER,
+    BUSINESS_NUMBER_ID,
+    INBOUND_WA_ID,
+    LOOKUP_WA_ID,
+    iso_now,
+)
 
 T = TypeVar("T")
 
@@ -89,20 +95,21 @@ async def _fan_out(
     return done, {"count": count, "seconds": round(elapsed, 2), "per_second": round(count / elapsed, 1)}
 
 
-async def seed_conversations(
-    url: str, fixture: Fixture, count: int, run_tag: str, concurrency: int = 32
-) -> None:
-    """One customer with one open conversation each, through the inbound endpoint."""
+async def _first_messages(
+    url: str, fixture: Fixture, wa_ids: list[str], run_tag: str, step: str, concurrency: int
+) -> list[tuple[str, str]]:
+    """One inbound message from each WhatsApp ID: a customer and an open conversation each. Returns
+    (wa_id, conversation_id) pairs and records the step's timing."""
     client = JsonClient(url, fixture.token, connections=concurrency)
 
     async def one(i: int) -> tuple[str, str]:
-        wa_id = LOOKUP_WA_ID.format(i)
+        wa_id = wa_ids[i]
         body = {
             "wa_id": wa_id,
             "profile_name": "Ana",
             "business_number_id": BUSINESS_NUMBER_ID,
             "business_display_number": BUSINESS_DISPLAY_NUMBER,
-            "wamid": f"wamid.{run_tag}.seed.{i}",
+            "wamid": f"wamid.{run_tag}.{step}.{i}",
             "type": "text",
             "text": "hi",
             "occurred_at": iso_now(),
@@ -113,12 +120,29 @@ async def seed_conversations(
 
     try:
         await client.open()
-        pairs, timing = await _fan_out(count, concurrency, one)
+        pairs, fixture.timings[step] = await _fan_out(len(wa_ids), concurrency, one)
     finally:
         client.close()
+    return pairs
+
+
+async def seed_inbound_customers(
+    url: str, fixture: Fixture, count: int, run_tag: str, concurrency: int = 32
+) -> None:
+    """The inbound scenario's customers, each with its open conversation, so that the window measures
+    the common case (a message appended) on tables that hold data, as on a server in service."""
+    wa_ids = [INBOUND_WA_ID.format(i) for i in range(count)]
+    await _first_messages(url, fixture, wa_ids, run_tag, "seed_inbound_customers", concurrency)
+
+
+async def seed_conversations(
+    url: str, fixture: Fixture, count: int, run_tag: str, concurrency: int = 32
+) -> None:
+    """One customer with one open conversation each, through the inbound endpoint."""
+    wa_ids = [LOOKUP_WA_ID.format(i) for i in range(count)]
+    pairs = await _first_messages(url, fixture, wa_ids, run_tag, "seed_inbound", concurrency)
     fixture.lookup_wa_ids = [wa_id for wa_id, _ in pairs]
     fixture.conversation_ids = [conversation_id for _, conversation_id in pairs]
-    fixture.timings["seed_inbound"] = timing
 
     # Every seeded customer must be found, or the lookup figures would measure 404s.
     client = JsonClient(url, fixture.token, connections=1)

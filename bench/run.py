@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--inbound-customers",
         type=int,
         default=1000,
-        help="customers the inbound scenario's messages come from (created on first message)",
+        help="customers the inbound scenario's messages come from (created before it, one message each)",
     )
     p.add_argument(
         "--receipt-messages",
@@ -187,6 +187,11 @@ async def prepare(
     if {*LOOKUP_SCENARIOS, *STATUS_SCENARIOS} & set(args.scenarios):
         print(f"seeding {args.seed_conversations} conversations ...", flush=True)
         await fixtures.seed_conversations(url, fixture, args.seed_conversations, run_tag)
+        if analyze_dsn:
+            await server.analyze(analyze_dsn)
+    if "inbound" in args.scenarios:
+        print(f"seeding {args.inbound_customers} inbound customers ...", flush=True)
+        await fixtures.seed_inbound_customers(url, fixture, args.inbound_customers, run_tag)
         if analyze_dsn:
             await server.analyze(analyze_dsn)
     if status_scenarios:
