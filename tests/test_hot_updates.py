@@ -59,6 +59,13 @@ def test_messages_of_an_open_conversation_update_it_in_place(fresh_postgres_url:
             # first of them was).
             assert updated >= 20
             assert hot == updated
+            async with db.transaction(None, write=False) as conn:
+                options = (
+                    await conn.execute(
+                        text("SELECT reloptions FROM pg_class WHERE relname = 'conversations'")
+                    )
+                ).scalar_one()
+            assert options == ["fillfactor=80"]  # the room on each page that lets the update stay on it
         finally:
             await db.dispose()
 

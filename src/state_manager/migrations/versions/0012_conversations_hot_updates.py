@@ -5,8 +5,8 @@ Revises: 0011
 Create Date: 2026-12-12 09:00:00
 
 Every inbound message moves its conversation's last_activity_at. With that column in an index, each of
-those updates wrote a new entry in all seven of the table's indexes, and the old versions stayed in the
-heap and the indexes until VACUUM: a conversation written to a few times a second piled up versions that
+those updates wrote a new entry in every index whose condition the row meets (five for a conversation
+without Genesys IDs), and the old versions stayed in the heap and the indexes until VACUUM: a conversation written to a few times a second piled up versions that
 every lookup of it walked through. Without it (and with free room on each page, fillfactor 80), the update
 is HOT: one new version on the same page, no index entry, pruned by the next reader of the page.
 
@@ -16,7 +16,11 @@ open activity only when the expiry job asks (once a minute), not at every sweep 
 the index it reads every open conversation of each tenant.
 
 The fillfactor applies to pages written from now on; `VACUUM FULL conversations` (or pg_repack) applies it
-to the existing ones too, at a time that suits.
+to the existing ones too, at a time that suits. Building the new index locks the table against writes and
+reads for as long as the build takes: run it at a quiet time.
+
+The function's new argument defaults to true, so that an instance of the previous release, still running
+during a rolling upgrade, calls it with two arguments and gets what it got before.
 """
 
 import importlib
@@ -32,7 +36,9 @@ depends_on: str | Sequence[str] | None = None
 
 PENDING_WORK = """
 CREATE FUNCTION sm_pending_work(
-    p_output_published_before timestamptz, p_delivered_before timestamptz, p_oldest_open_activity boolean
+    p_output_published_before timestamptz,
+    p_delivered_before timestamptz,
+    p_oldest_open_activity boolean DEFAULT true
 )
 RETURNS TABLE (
     work_tenant_id text,
