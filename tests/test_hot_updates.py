@@ -55,8 +55,7 @@ def test_messages_of_an_open_conversation_update_it_in_place(fresh_postgres_url:
                     assert not recorded.conversation_created
                     assert not recorded.duplicate
                 updated, hot = (await conn.execute(UPDATES)).one()
-            # Every update of the row was HOT (one message per update at least; before 0012 only the
-            # first of them was).
+            # Every update of the row was HOT (at least one per message; before 0012, 1 of the 21 was).
             assert updated >= 20
             assert hot == updated
             async with db.transaction(None, write=False) as conn:

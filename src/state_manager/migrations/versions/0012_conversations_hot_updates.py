@@ -6,8 +6,8 @@ Create Date: 2026-12-12 09:00:00
 
 Every inbound message moves its conversation's last_activity_at. With that column in an index, each of
 those updates wrote a new entry in every index whose condition the row meets (five for a conversation
-without Genesys IDs), and the old versions stayed in the heap and the indexes until VACUUM: a conversation written to a few times a second piled up versions that
-every lookup of it walked through. Without it (and with free room on each page, fillfactor 80), the update
+without Genesys IDs), and the old versions stayed in the heap and the indexes until VACUUM: a
+conversation written to a few times a second piled up versions that every lookup of it walked through. Without it (and with free room on each page, fillfactor 80), the update
 is HOT: one new version on the same page, no index entry, pruned by the next reader of the page.
 
 The index becomes (tenant_id, state). The jobs that read open conversations by activity (expiry, cache
