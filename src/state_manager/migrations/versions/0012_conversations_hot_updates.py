@@ -58,9 +58,19 @@ AS $$
 DECLARE
     caller_tenant text := current_setting('app.tenant_id', true);
     t text;
+    oldest timestamptz;
 BEGIN
     FOR t IN SELECT id FROM tenants ORDER BY id LOOP
         PERFORM set_config('app.tenant_id', t, true);
+        -- A statement of its own, not a CASE on the argument inside the query below: with one, that query's
+        -- cached generic plan looked costlier than a plan made for `false`, so PostgreSQL planned it again
+        -- for every tenant at every call (0.5-0.8 s instead of 0.13 s for 1,500 tenants).
+        -- It reads every open conversation of the tenant (no index has last_activity_at): only on request.
+        oldest := NULL;
+        IF p_oldest_open_activity THEN
+            SELECT min(c.last_activity_at) INTO oldest FROM conversations c
+             WHERE c.tenant_id = t AND c.state IN ('active', 'error', 'pending', 'waiting');
+        END IF;
         RETURN QUERY SELECT
             t,
             EXISTS (SELECT 1 FROM broker_outbox o WHERE o.tenant_id = t AND o.published_at IS NULL),
@@ -84,11 +94,7 @@ BEGIN
                 )
                 FROM analytics_progress p WHERE p.tenant_id = t
             ), true),
-            -- reads every open conversation of the tenant (no index has last_activity_at): only on request
-            CASE WHEN p_oldest_open_activity THEN (
-                SELECT min(c.last_activity_at) FROM conversations c
-                WHERE c.tenant_id = t AND c.state IN ('active', 'error', 'pending', 'waiting')
-            ) END;
+            oldest;
     END LOOP;
     PERFORM set_config('app.tenant_id', coalesce(caller_tenant, ''), true);
 END
