@@ -62,3 +62,32 @@ def test_no_free_connection_within_the_pool_timeout_is_a_503(postgres_url: str) 
             await db.dispose()
 
     asyncio.run(scenario())
+
+
+def test_a_pooled_connection_the_server_ended_is_a_503_on_the_inbound_path(postgres_url: str) -> None:
+    """A session PostgreSQL ends (shutdown, pg_terminate_backend) while its connection sits in the pool fails
+    the next statement in one of three ways, depending on how far asyncpg got with the server's goodbye;
+    every one of them is a 503, never a 500, and the next request gets a working connection."""
+
+    async def scenario() -> None:
+        import asyncpg
+
+        settings = Settings(database_url=postgres_url, db_pool_size=1, db_max_overflow=0)
+        db = open_database(settings)
+        assert isinstance(db, PostgresDatabase)
+        admin = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            for _ in range(20):
+                async with db.driver_connection() as driver:
+                    pid = driver.get_server_pid()
+                await admin.execute("SELECT pg_terminate_backend($1)", pid)
+                with pytest.raises(Unavailable):
+                    async with db.driver_connection() as driver:
+                        await driver.fetchrow("SELECT 1")
+            async with db.driver_connection() as driver:
+                assert await driver.fetchval("SELECT 1") == 1
+        finally:
+            await admin.close()
+            await db.dispose()
+
+    asyncio.run(scenario())

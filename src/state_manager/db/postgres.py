@@ -123,6 +123,10 @@ class PostgresDatabase(Database):
             asyncpg.AdminShutdownError,
             asyncpg.CrashShutdownError,
             asyncpg.CannotConnectNowError,
+            # The server ended the session while the connection sat in the pool, and asyncpg was still
+            # reading its last words when the statement came: "cannot switch to state …" (seen under a
+            # fast shutdown, as a 500).
+            asyncpg.InternalClientError,
         ) as exc:
             await conn.invalidate()  # never hand a broken connection to the next request
             raise lost from exc
