@@ -11,6 +11,7 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from state_manager.db.database import RETRY_AFTER_SECONDS, Database
+from state_manager.db.fair_pool import FairAsyncAdaptedQueuePool
 from state_manager.errors import Unavailable
 from state_manager.settings import Settings
 
@@ -48,6 +49,7 @@ class PostgresDatabase(Database):
         self.commit_listeners = []
         self.engine = create_async_engine(
             settings.effective_database_url,
+            poolclass=FairAsyncAdaptedQueuePool,
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
             pool_recycle=1800,

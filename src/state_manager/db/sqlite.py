@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from state_manager.db.database import Database
+from state_manager.db.fair_pool import FairAsyncAdaptedQueuePool
 from state_manager.settings import Settings
 
 BEGIN_MODE = "state_manager_begin"
@@ -44,6 +45,7 @@ class SqliteDatabase(Database):
             create_private_file(path)
         self.engine = create_async_engine(
             url,
+            poolclass=FairAsyncAdaptedQueuePool,
             pool_size=5,
             max_overflow=5,
             hide_parameters=True,  # errors never carry the statement's values (as on PostgreSQL)

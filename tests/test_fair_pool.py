@@ -1,0 +1,127 @@
+"""The connection pool serves waiting requests in the order they came (db/fair_pool.py), on both backends'
+real drivers: a request that has waited is never passed by one that just arrived, a wait that runs out is
+the pool's timeout (a 503 in `Database._meaning`), and a connection handed to a request that was cancelled
+at that moment goes to the next one in line."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from state_manager.db import open_database
+from state_manager.db.fair_pool import FairAsyncAdaptedQueuePool
+from state_manager.settings import Settings
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BACKENDS)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'pool.db'}"
+    found: str = request.getfixturevalue("postgres_url")
+    return found
+
+
+def one_connection_pool(url: str, timeout: float = 5.0) -> AsyncEngine:
+    return create_async_engine(
+        url, poolclass=FairAsyncAdaptedQueuePool, pool_size=1, max_overflow=0, pool_timeout=timeout
+    )
+
+
+async def until_waiting(engine: AsyncEngine, count: int) -> None:
+    """Until `count` requests wait for a connection (they are served in the order they started waiting)."""
+    for _ in range(1000):
+        if len(engine.pool._pool._waiters) >= count:  # type: ignore[attr-defined]
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"{count} requests did not start waiting")
+
+
+def test_both_backends_use_the_fair_pool(url: str) -> None:
+    db = open_database(Settings(database_url=url))
+    try:
+        assert isinstance(db.engine.pool, FairAsyncAdaptedQueuePool)
+    finally:
+        asyncio.run(db.dispose())
+
+
+def test_waiting_requests_are_served_in_order_and_a_newcomer_waits_behind_them(url: str) -> None:
+    async def scenario() -> None:
+        engine = one_connection_pool(url)
+        served: list[str] = []
+
+        async def request(name: str) -> None:
+            async with engine.connect() as conn:
+                served.append(name)
+                await conn.execute(text("SELECT 1"))
+
+        try:
+            holder = await engine.connect()
+            waiting = []
+            for n, name in enumerate(("first", "second", "third"), start=1):
+                waiting.append(asyncio.create_task(request(name)))
+                await until_waiting(engine, n)
+            await holder.close()
+            # The holder asks again at once, before any waiter has run: the stock pool gave it the
+            # connection it had just returned, ahead of every waiter.
+            await request("newcomer")
+            await asyncio.gather(*waiting)
+            assert served == ["first", "second", "third", "newcomer"]
+        finally:
+            await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_a_wait_that_runs_out_is_the_pools_timeout_and_leaves_nothing_behind(url: str) -> None:
+    async def scenario() -> None:
+        engine = one_connection_pool(url, timeout=0.2)
+        try:
+            holder = await engine.connect()
+            with pytest.raises(PoolTimeout):
+                await engine.connect()
+            await holder.close()
+            # The request that gave up is no longer in line: the returned connection is free at once.
+            async with asyncio.timeout(1), engine.connect() as conn:
+                assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+            assert engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+        finally:
+            await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_a_connection_handed_to_a_request_cancelled_at_that_moment_goes_to_the_next(url: str) -> None:
+    async def scenario() -> None:
+        engine = one_connection_pool(url)
+        served: list[str] = []
+
+        async def request(name: str) -> None:
+            async with engine.connect() as conn:
+                served.append(name)
+                await conn.execute(text("SELECT 1"))
+
+        try:
+            holder = await engine.connect()
+            cancelled = asyncio.create_task(request("cancelled"))
+            await until_waiting(engine, 1)
+            next_in_line = asyncio.create_task(request("next"))
+            await until_waiting(engine, 2)
+            await holder.close()  # handed to the first waiter, which has not run since
+            cancelled.cancel()
+            async with asyncio.timeout(2):
+                await next_in_line
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled
+            assert served == ["next"]
+            assert engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+        finally:
+            await engine.dispose()
+
+    asyncio.run(scenario())
