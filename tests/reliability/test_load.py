@@ -268,6 +268,7 @@ class Sent:
     instance: int
     status: int
     body: bytes
+    seconds: float = 0.0  # from sending to the whole answer
 
     def json(self) -> Any:
         return orjson.loads(self.body)
@@ -323,13 +324,15 @@ async def run_jobs(clients: list[Client], jobs: list[Job]) -> tuple[list[Sent], 
     async def work(client: Client) -> None:
         while not queue.empty():
             job = queue.get_nowait()
+            sent = time.monotonic()
             if len(job.targets) == 1:
                 status, body = await client.send(job.targets[0], job.raw)
-                answers.append(Sent(job.kind, job.tag, job.targets[0], status, body))
+                answers.append(Sent(job.kind, job.tag, job.targets[0], status, body, time.monotonic() - sent))
             else:
                 both = await asyncio.gather(*(client.send(target, job.raw) for target in job.targets))
+                took = time.monotonic() - sent
                 for target, (status, body) in zip(job.targets, both, strict=True):
-                    answers.append(Sent(job.kind, job.tag, target, status, body))
+                    answers.append(Sent(job.kind, job.tag, target, status, body, took))
 
     started = time.monotonic()
     async with asyncio.timeout(PHASE_TIMEOUT_SECONDS):
@@ -746,6 +749,10 @@ def test_two_instances_under_load(cluster: Cluster, capsys: pytest.CaptureFixtur
     for phase in ("replies", "late receipts"):
         count, took = len(outcome.phases[phase]), outcome.durations[phase]
         say(f"{phase}: {count} requests in {took:.1f} s: {count / took:.0f} requests/s")
+    for phase, answers in outcome.phases.items():
+        ms = sorted(answer.seconds * 1000 for answer in answers)
+        say(f"{phase} latency: median {ms[len(ms) // 2]:.0f} ms, p99 {ms[len(ms) * 99 // 100]:.0f} ms, "
+            f"max {ms[-1]:.0f} ms")  # fmt: skip
     receipts = Counter(
         result["outcome"]
         for answer in outcome.phases["replies"]
