@@ -6,15 +6,17 @@ at that moment goes to the next one in line."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.util import greenlet_spawn
 
 from state_manager.db import open_database
-from state_manager.db.fair_pool import FairAsyncAdaptedQueuePool
+from state_manager.db.fair_pool import FairAsyncAdaptedQueuePool, HandOffQueue
 from state_manager.settings import Settings
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -28,9 +30,10 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return found
 
 
-def one_connection_pool(url: str, timeout: float = 5.0) -> AsyncEngine:
+def one_connection_pool(url: str, timeout: float = 5.0, **options: object) -> AsyncEngine:
+    options = {"max_overflow": 0, **options}
     return create_async_engine(
-        url, poolclass=FairAsyncAdaptedQueuePool, pool_size=1, max_overflow=0, pool_timeout=timeout
+        url, poolclass=FairAsyncAdaptedQueuePool, pool_size=1, pool_timeout=timeout, **options
     )
 
 
@@ -87,7 +90,8 @@ def test_a_wait_that_runs_out_is_the_pools_timeout_and_leaves_nothing_behind(url
             with pytest.raises(PoolTimeout):
                 await engine.connect()
             await holder.close()
-            # The request that gave up is no longer in line: the returned connection is free at once.
+            assert not engine.pool._pool._waiters  # type: ignore[attr-defined]  # it left the line
+            # ... so the returned connection is free at once.
             async with asyncio.timeout(1), engine.connect() as conn:
                 assert (await conn.execute(text("SELECT 1"))).scalar() == 1
             assert engine.pool.checkedin() == 1  # type: ignore[attr-defined]
@@ -125,3 +129,63 @@ def test_a_connection_handed_to_a_request_cancelled_at_that_moment_goes_to_the_n
             await engine.dispose()
 
     asyncio.run(scenario())
+
+
+def test_a_connection_handed_to_a_cancelled_request_when_the_shelf_is_full_is_closed(url: str) -> None:
+    """With overflow connections the shelf can fill up between the hand-over and the cancelled request's
+    turn: the connection it was handed is then closed, as the pool closes any connection beyond its
+    size, and the pool's count goes down with it (it was lost, and the pool one connection smaller)."""
+
+    async def scenario() -> None:
+        # No rollback on return: on SQLite it waits for the driver's thread, and the waiting request would
+        # run in between the two returns.
+        engine = one_connection_pool(url, max_overflow=1, pool_reset_on_return=None)
+        try:
+            first, second = await engine.connect(), await engine.connect()
+            cancelled = asyncio.create_task(engine.connect().start())
+            await until_waiting(engine, 1)
+            await first.close()  # handed to the waiting request, which has not run since
+            await second.close()  # nobody waits now: onto the shelf, which is then full
+            cancelled.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled
+            pool = engine.pool
+            assert (pool.checkedout(), pool.checkedin(), pool.overflow()) == (0, 1, 0)  # type: ignore[attr-defined]
+            async with asyncio.timeout(2), engine.connect() as one, engine.connect() as two:
+                for conn in (one, two):
+                    assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+        finally:
+            await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_a_connection_handed_over_as_the_wait_runs_out_is_taken() -> None:
+    """The hand-over and the end of the wait in the same turn of the loop: the request keeps what it was
+    handed (a timeout there would lose the connection, or refuse a request that was served)."""
+
+    async def scenario() -> None:
+        queue: HandOffQueue[str] = HandOffQueue(maxsize=1)
+        waiting = asyncio.create_task(greenlet_spawn(queue.get, True, 0.05))
+        await asyncio.sleep(0.01)
+        assert len(queue._waiters) == 1
+        time.sleep(0.1)  # noqa: ASYNC251  # past the deadline, the loop held: its timer is now due ...
+        await asyncio.sleep(0)  # ... and runs right after this turn, which hands the connection over
+        queue.put_nowait("connection")
+        assert await waiting == "connection"
+        assert queue.empty()
+
+    asyncio.run(scenario())
+
+
+def test_a_waiter_whose_event_loop_is_gone_is_skipped() -> None:
+    queue: HandOffQueue[str] = HandOffQueue(maxsize=1)
+    gone = asyncio.new_event_loop()
+    stranded = gone.create_task(greenlet_spawn(queue.get, True, None))
+    gone.run_until_complete(asyncio.sleep(0.01))
+    assert len(queue._waiters) == 1
+    gone.close()  # with the request still waiting, never cancelled
+    assert not stranded.done()
+
+    queue.put_nowait("connection")
+    assert queue.get_nowait() == "connection"

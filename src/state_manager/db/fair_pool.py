@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any, TypeVar
 
@@ -27,11 +28,15 @@ class HandOffQueue(AsyncAdaptedQueue[_T]):
     def __init__(self, maxsize: int = 0, use_lifo: bool = False) -> None:
         super().__init__(maxsize, use_lifo)
         self._waiters: deque[asyncio.Future[_T]] = deque()
+        # How a connection handed to a request that gave up at that moment goes back: the pool sets its
+        # own return, which closes the connection when the shelf is full (overflow connections).
+        self.give_back: Callable[[_T], None] = self.put_nowait
 
     def put_nowait(self, item: _T) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()
-            if not waiter.done():  # a waiter that timed out or was cancelled is skipped
+            # Skipped: a waiter that timed out or was cancelled, or whose event loop is gone.
+            if not waiter.done() and not waiter.get_loop().is_closed():
                 waiter.set_result(item)
                 return
         super().put_nowait(item)
@@ -48,12 +53,21 @@ class HandOffQueue(AsyncAdaptedQueue[_T]):
             return self.get_nowait()
         if not block:
             raise Empty()
-        result: _T = await_only(self._wait(timeout))
-        return result
-
-    async def _wait(self, seconds: float | None) -> _T:
         waiter: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        try:
+            result: _T = await_only(self._wait(waiter, timeout))
+            return result
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.give_back(waiter.result())  # handed over just as this request was cancelled
+            raise
+        finally:
+            with suppress(ValueError):
+                self._waiters.remove(waiter)
+
+    @staticmethod
+    async def _wait(waiter: asyncio.Future[_T], seconds: float | None) -> _T:
         try:
             async with asyncio.timeout(seconds):
                 return await waiter
@@ -61,16 +75,13 @@ class HandOffQueue(AsyncAdaptedQueue[_T]):
             if waiter.done() and not waiter.cancelled():
                 return waiter.result()  # handed over as the time ran out: it is this request's
             raise Empty() from exc
-        except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                self.put_nowait(waiter.result())  # cancelled just after the hand-over: pass it on
-            raise
-        finally:
-            with suppress(ValueError):
-                self._waiters.remove(waiter)
 
 
 class FairAsyncAdaptedQueuePool(AsyncAdaptedQueuePool):
     """AsyncAdaptedQueuePool, with waiting requests served in the order they came."""
 
     _queue_class: Any = HandOffQueue
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pool.give_back = self._do_return_conn  # type: ignore[attr-defined]
