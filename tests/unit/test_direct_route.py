@@ -1,0 +1,62 @@
+"""Which routes skip FastAPI's per-request handler (strict_json.py, `_direct_handler`): only an async
+endpoint that takes the request alone and answers with a Response; anything FastAPI would have to solve,
+validate or serialise keeps FastAPI's handler. The hot lookup is one of them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from starlette.routing import BaseRoute
+
+from state_manager.app import create_app
+from state_manager.settings import Settings
+from state_manager.strict_json import StrictJsonRoute
+
+
+async def request_alone(request: Request) -> Response:
+    return Response(b"{}", media_type="application/json")
+
+
+async def with_a_query_parameter(request: Request, limit: int = 10) -> Response:
+    return Response(b"{}", media_type="application/json")
+
+
+async def answering_a_dict(request: Request) -> dict[str, str]:
+    return {}
+
+
+def synchronous(request: Request) -> Response:
+    return Response(b"{}", media_type="application/json")
+
+
+async def tenant() -> str:
+    return "t"
+
+
+async def with_a_dependency(request: Request, found: Annotated[str, Depends(tenant)]) -> Response:
+    return Response(b"{}", media_type="application/json")
+
+
+def direct_paths(routes: Iterable[BaseRoute]) -> set[str]:
+    return {route.path for route in routes if isinstance(route, StrictJsonRoute) and route._direct_handler()}
+
+
+def test_only_an_async_endpoint_of_the_request_alone_answering_a_response_is_called_directly() -> None:
+    router = APIRouter(route_class=StrictJsonRoute)
+    router.add_api_route("/alone", request_alone)
+    router.add_api_route("/query", with_a_query_parameter)
+    router.add_api_route("/dict", answering_a_dict)
+    router.add_api_route("/sync", synchronous)
+    router.add_api_route("/dependency", with_a_dependency)
+    assert direct_paths(router.routes) == {"/alone"}
+
+    guarded = APIRouter(route_class=StrictJsonRoute, dependencies=[Depends(tenant)])
+    guarded.add_api_route("/alone", request_alone)
+    assert direct_paths(guarded.routes) == set()  # a router's dependencies must run
+
+
+def test_the_open_conversation_lookup_is_called_directly(tmp_path: Path) -> None:
+    assert direct_paths(create_app(Settings(data_dir=tmp_path)).routes) == {"/v1/conversations/open"}
