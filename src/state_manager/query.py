@@ -9,6 +9,7 @@ with `openapi_extra=query_parameters(Model)`.
 from __future__ import annotations
 
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -18,8 +19,11 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def parse_query(model: type[M], request: Request) -> M:
+    # Read as Starlette's QueryParams would (and, as in a dict of them, the last of a repeated name wins),
+    # without building the multi-dict (2 of the 5 µs that reading the hot lookup's query took).
+    values = dict(parse_qsl(request.scope["query_string"].decode("latin-1"), keep_blank_values=True))
     try:
-        return model.model_validate(dict(request.query_params))
+        return model.model_validate(values)
     except ValidationError as exc:
         raise RequestValidationError(
             [{**error, "loc": ("query", *error["loc"])} for error in exc.errors(include_url=False)]
