@@ -150,7 +150,10 @@ class StrictJsonRoute(APIRoute):
             return None
         if len(inspect.signature(self.endpoint).parameters) != 1:
             return None
-        answer = get_type_hints(self.endpoint).get("return")
+        try:
+            answer = get_type_hints(self.endpoint).get("return")
+        except NameError:  # an annotation only a type checker resolves: FastAPI's handler, as before
+            return None
         if not (inspect.iscoroutinefunction(self.endpoint) and isinstance(answer, type)):
             return None
         if not issubclass(answer, Response):

@@ -32,6 +32,10 @@ def synchronous(request: Request) -> Response:
     return Response(b"{}", media_type="application/json")
 
 
+async def unresolvable(request: Request) -> Unknown:  # type: ignore[name-defined]  # noqa: F821
+    return Response(b"{}", media_type="application/json")
+
+
 async def tenant() -> str:
     return "t"
 
@@ -51,6 +55,7 @@ def test_only_an_async_endpoint_of_the_request_alone_answering_a_response_is_cal
     router.add_api_route("/dict", answering_a_dict)
     router.add_api_route("/sync", synchronous)
     router.add_api_route("/dependency", with_a_dependency)
+    router.add_api_route("/unresolvable", unresolvable, response_model=None)
     assert direct_paths(router.routes) == {"/alone"}
 
     guarded = APIRouter(route_class=StrictJsonRoute, dependencies=[Depends(tenant)])
