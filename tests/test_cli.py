@@ -107,6 +107,29 @@ def test_a_spawned_worker_does_not_load_the_cli(workdir: Path) -> None:
     assert done.stdout.strip() == "[]"
 
 
+def test_the_app_loads_no_command_line_library(workdir: Path) -> None:
+    """A worker builds the app: nothing in it may bring click, rich or pygments, which httpx imports
+    for its own command-line client whenever they are installed (6 MB per worker; docs/benchmarks.md,
+    Memory)."""
+    probe = (
+        "import sys\n"
+        "from state_manager.app import create_app\n"
+        "create_app()\n"
+        "assert 'httpx' in sys.modules  # the webhook dispatcher's client: what this test is about\n"
+        "print(sorted(name for name in ('click', 'rich', 'pygments', 'typer') if name in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [Path(CLI[0]).parent / "python", "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+        check=False,
+        env={**clean_env(), "DATA_DIR": str(workdir / "data")},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize(
     ("command", "variable", "value"),
     [

@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from sqlalchemy import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -39,6 +38,7 @@ from state_manager.observability.errors import error_summary
 from state_manager.settings import Settings
 from state_manager.subscriptions import repository as repo
 from state_manager.subscriptions.enqueue import enqueue
+from state_manager.subscriptions.http import httpx
 from state_manager.subscriptions.signing import (
     DELIVERY_ID_HEADER,
     EVENT_SEQ_HEADER,
