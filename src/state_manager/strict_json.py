@@ -27,6 +27,7 @@ _ESCAPED_NUL = b"\\u0000"
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")
 _INT64 = range(-(2**63), 2**63)
 MAX_DEPTH = 32  # levels of objects and arrays in a request body
+_BY_POSITION = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 _Path = tuple[str | int, ...]
 
@@ -148,11 +149,12 @@ class StrictJsonRoute(APIRoute):
         dependant = self.dependant
         if dependant.request_param_name is None or dependant.dependencies:
             return None
-        if len(inspect.signature(self.endpoint).parameters) != 1:
-            return None
+        parameters = list(inspect.signature(self.endpoint).parameters.values())
+        if len(parameters) != 1 or parameters[0].kind not in _BY_POSITION:
+            return None  # called with the request as its one positional argument
         try:
             answer = get_type_hints(self.endpoint).get("return")
-        except NameError:  # an annotation only a type checker resolves: FastAPI's handler, as before
+        except (NameError, TypeError):  # an annotation Python cannot resolve: FastAPI's handler, as before
             return None
         if not (inspect.iscoroutinefunction(self.endpoint) and isinstance(answer, type)):
             return None
