@@ -110,7 +110,7 @@ def test_a_spawned_worker_does_not_load_the_cli(workdir: Path) -> None:
 def test_the_app_loads_no_command_line_library(workdir: Path) -> None:
     """A worker builds the app: nothing in it may bring click, rich or pygments, which httpx imports
     for its own command-line client whenever they are installed (4 MB per worker; docs/benchmarks.md,
-    Memory). uvicorn brings click into a real worker, and nothing here needs it."""
+    Memory). A real worker has click all the same, from uvicorn; the app must not need it."""
     probe = (
         "import sys\n"
         "from state_manager.app import create_app\n"
