@@ -46,6 +46,13 @@ async def until_waiting(engine: AsyncEngine, count: int) -> None:
     raise AssertionError(f"{count} requests did not start waiting")
 
 
+async def request(engine: AsyncEngine, served: list[str], name: str) -> None:
+    """Takes a connection, notes who got it, uses it and gives it back."""
+    async with engine.connect() as conn:
+        served.append(name)
+        await conn.execute(text("SELECT 1"))
+
+
 def test_both_backends_use_the_fair_pool(url: str) -> None:
     db = open_database(Settings(database_url=url))
     try:
@@ -59,21 +66,16 @@ def test_waiting_requests_are_served_in_order_and_a_newcomer_waits_behind_them(u
         engine = one_connection_pool(url)
         served: list[str] = []
 
-        async def request(name: str) -> None:
-            async with engine.connect() as conn:
-                served.append(name)
-                await conn.execute(text("SELECT 1"))
-
         try:
             holder = await engine.connect()
             waiting = []
             for n, name in enumerate(("first", "second", "third"), start=1):
-                waiting.append(asyncio.create_task(request(name)))
+                waiting.append(asyncio.create_task(request(engine, served, name)))
                 await until_waiting(engine, n)
             await holder.close()
             # The holder asks again at once, before any waiter has run: the stock pool gave it the
             # connection it had just returned, ahead of every waiter.
-            await request("newcomer")
+            await request(engine, served, "newcomer")
             await asyncio.gather(*waiting)
             assert served == ["first", "second", "third", "newcomer"]
         finally:
@@ -106,16 +108,11 @@ def test_a_connection_handed_to_a_request_cancelled_at_that_moment_goes_to_the_n
         engine = one_connection_pool(url)
         served: list[str] = []
 
-        async def request(name: str) -> None:
-            async with engine.connect() as conn:
-                served.append(name)
-                await conn.execute(text("SELECT 1"))
-
         try:
             holder = await engine.connect()
-            cancelled = asyncio.create_task(request("cancelled"))
+            cancelled = asyncio.create_task(request(engine, served, "cancelled"))
             await until_waiting(engine, 1)
-            next_in_line = asyncio.create_task(request("next"))
+            next_in_line = asyncio.create_task(request(engine, served, "next"))
             await until_waiting(engine, 2)
             await holder.close()  # handed to the first waiter, which has not run since
             cancelled.cancel()
