@@ -129,7 +129,7 @@ async def failure_codes(conn: AsyncConnection, tenant_id: str, window: Window) -
         )
         .group_by(fl.code)
     )
-    return {code: int(count) for code, count in (await conn.execute(query)).tuples()}
+    return {code: int(count) for code, count in (await conn.execute(query))}
 
 
 async def open_by_state(conn: AsyncConnection, tenant_id: str, business_number: str | None) -> dict[str, int]:
@@ -142,7 +142,7 @@ async def open_by_state(conn: AsyncConnection, tenant_id: str, business_number: 
     )
     if business_number is not None:
         query = query.where(c.business_number_id == business_number)
-    return {state: int(count) for state, count in (await conn.execute(query)).tuples()}
+    return {state: int(count) for state, count in (await conn.execute(query))}
 
 
 @dataclass
@@ -167,11 +167,9 @@ async def customer_counts(
         *_filters(window, ac.actor, ac.business_number_id),
     )
     if conn.dialect.name != "postgresql":
-        rows = (
-            await conn.execute(
-                select(ac.customer_id, ac.channel, ac.started_at, ac.customer_first).where(*where)
-            )
-        ).tuples()
+        rows = await conn.execute(
+            select(ac.customer_id, ac.channel, ac.started_at, ac.customer_first).where(*where)
+        )
         return _count_customers(list(rows), granularity, tz)
     counts = (
         func.count(distinct(ac.customer_id)),
@@ -187,9 +185,9 @@ async def customer_counts(
         .group_by(ac.channel)
     )
     return CustomerCounts(
-        periods={start: (int(a), int(b), int(c)) for start, a, b, c in per_period.tuples()},
+        periods={start: (int(a), int(b), int(c)) for start, a, b, c in per_period},
         totals=(int(totals[0]), int(totals[1]), int(totals[2])),
-        channels={channel: (int(a), int(b)) for channel, a, b in channels.tuples()},
+        channels={channel: (int(a), int(b)) for channel, a, b in channels},
     )
 
 
@@ -225,7 +223,7 @@ async def conversations_handled(conn: AsyncConnection, tenant_id: str, window: W
         )
         .group_by(i.agent)
     )
-    return {agent: int(count) for agent, count in (await conn.execute(query)).tuples()}
+    return {agent: int(count) for agent, count in (await conn.execute(query))}
 
 
 @dataclass
@@ -263,7 +261,7 @@ async def stint_figures(
     )
     figures = {
         agent: StintFigures(int(count), float(handle or 0), float(overlap or 0), 0)
-        for agent, count, handle, overlap in (await conn.execute(sums)).tuples()
+        for agent, count, handle, overlap in (await conn.execute(sums))
     }
     # The peak: a running sum of +1 at each (clipped) start and -1 at each end, leaving before joining.
     clipped = select(s.agent, lo.label("lo"), hi.label("hi")).where(*overlapping, hi > lo).cte("clipped")
@@ -278,6 +276,6 @@ async def stint_figures(
         .label("load"),
     ).subquery("load")
     peaks = select(load.c.agent, func.max(load.c.load)).group_by(load.c.agent)
-    for agent, peak in (await conn.execute(peaks)).tuples():
+    for agent, peak in await conn.execute(peaks):
         figures[agent].peak = int(peak)
     return figures

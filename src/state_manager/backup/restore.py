@@ -150,7 +150,7 @@ async def restore(
         )
         relay = event_relay.c
         numbered = select(relay.tenant_id, relay.last_seq).where(relay.tenant_id.in_(present))
-        last_seq = dict.fromkeys(present, 0) | dict((await conn.execute(numbered)).tuples().all())
+        last_seq = dict.fromkeys(present, 0) | dict((await conn.execute(numbered)).all())
         for tenant_id in sorted(present):
             details = {
                 "file": file_label,
@@ -229,7 +229,7 @@ async def erased_since(db: Database, tenant_ids: Sequence[str], since: str) -> l
         .order_by(a.tenant_id, a.occurred_at)
     )
     async with _write_transaction(db) as conn:
-        return [(tenant, str(customer)) for tenant, customer in (await conn.execute(query)).tuples()]
+        return [(tenant, str(customer)) for tenant, customer in (await conn.execute(query))]
 
 
 async def _remove_tenants(conn: AsyncConnection, tenant_ids: Sequence[str]) -> None:
