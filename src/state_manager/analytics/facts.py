@@ -12,11 +12,12 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from state_manager.analytics.models import FACT_COLUMNS
 
 BUCKET_MINUTES = 15
+BUCKET = dt.timedelta(minutes=BUCKET_MINUTES)
 REPLY_WINDOW = dt.timedelta(hours=24)  # WhatsApp's customer service window after a customer's message
 REOPEN_WINDOW = dt.timedelta(hours=24)  # a customer back this soon after a close: not resolved after all
 RESPONDERS = frozenset({"agent", "bot"})
@@ -48,8 +49,9 @@ class ConversationRow:
     ended_at: dt.datetime | None  # closed or expired: when
 
 
-@dataclass(frozen=True, slots=True)
-class MessageRow:
+# The rows compute() reads are named tuples: a projection round builds one per message of every
+# conversation it projects, and a tuple is several times cheaper to build than a frozen dataclass.
+class MessageRow(NamedTuple):
     direction: str
     sender_type: str
     sender_id: str | None
@@ -60,8 +62,7 @@ class MessageRow:
     failure_code: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class AgentStint:
+class AgentStint(NamedTuple):
     agent_id: str
     joined_at: dt.datetime
     left_at: dt.datetime | None
@@ -77,8 +78,26 @@ class ConversationFacts:
     sessions: list[dict[str, Any]] = field(default_factory=list)
     involvement: list[dict[str, Any]] = field(default_factory=list)
 
+    # The bucket of the moment added last, and where it ends: messages come in order, mostly several to
+    # a bucket, and comparing two datetimes is ten times cheaper than `bucket_of`.
+    _bucket: dt.datetime | None = field(default=None, repr=False)
+    _bucket_ends: dt.datetime | None = field(default=None, repr=False)
+
+    def bucket(self, moment: dt.datetime) -> dt.datetime:
+        if (
+            self._bucket is not None
+            and self._bucket_ends is not None
+            and self._bucket <= moment < self._bucket_ends
+        ):
+            return self._bucket
+        self._bucket = bucket_of(moment)
+        self._bucket_ends = self._bucket + BUCKET
+        return self._bucket
+
     def add(self, moment: dt.datetime, actor: str, **amounts: float) -> None:
-        row = self.facts.setdefault((bucket_of(moment), actor), dict.fromkeys(FACT_COLUMNS, 0))
+        row = self.facts.get((bucket := self.bucket(moment), actor))
+        if row is None:
+            row = self.facts[(bucket, actor)] = dict.fromkeys(FACT_COLUMNS, 0)
         for name, amount in amounts.items():
             row[name] += amount
 
@@ -245,4 +264,4 @@ def _outbound(out: ConversationFacts, message: MessageRow, sender: str) -> None:
         out.add(at, sender, read=1, read_seconds=seconds_between(at, message.read_at))
     if message.status == "failed":
         out.add(at, sender, failed=1)
-        out.failures[(bucket_of(at), sender, message.failure_code or "unknown")] += 1
+        out.failures[(out.bucket(at), sender, message.failure_code or "unknown")] += 1

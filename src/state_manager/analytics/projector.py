@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from state_manager.analytics import facts as F
@@ -239,41 +239,21 @@ async def project(
     live_ids = [row.id for row in live]
     by_conversation: dict[uuid.UUID, list[F.MessageRow]] = defaultdict(list)
     message_rows = await conn.execute(
-        select(
-            m.conversation_id,
-            m.direction,
-            m.sender_type,
-            m.sender_id,
-            m.occurred_at,
-            m.delivered_at,
-            m.read_at,
-            m.status,
-            m.failure_code,
-        ).where(m.tenant_id == tenant_id, one_of(conn, m.conversation_id, live_ids))
-    )
-    for message in message_rows:
-        by_conversation[message.conversation_id].append(
-            F.MessageRow(
-                message.direction,
-                message.sender_type,
-                message.sender_id,
-                message.occurred_at,
-                message.delivered_at,
-                message.read_at,
-                message.status,
-                message.failure_code,
-            )
+        select(m.conversation_id, *(m[name] for name in F.MessageRow._fields)).where(
+            m.tenant_id == tenant_id, one_of(conn, m.conversation_id, live_ids)
         )
+    )
+    # By position: a round reads every message of the conversations it projects.
+    for conversation_id, *fields in message_rows:
+        by_conversation[conversation_id].append(F.MessageRow._make(fields))
     stints: dict[uuid.UUID, list[F.AgentStint]] = defaultdict(list)
     stint_rows = await conn.execute(
         select(p.conversation_id, p.participant_ref, p.joined_at, p.left_at).where(
             p.tenant_id == tenant_id, one_of(conn, p.conversation_id, live_ids), p.role == "agent"
         )
     )
-    for stint in stint_rows:
-        stints[stint.conversation_id].append(
-            F.AgentStint(stint.participant_ref, stint.joined_at, stint.left_at)
-        )
+    for conversation_id, *fields in stint_rows:
+        stints[conversation_id].append(F.AgentStint._make(fields))
     history = await _customer_history(conn, tenant_id, {row.customer_id for row in live})
 
     now = utcnow()
@@ -342,14 +322,59 @@ async def project(
         (analytics_agent_involvement, involvement),
     ):
         if replace:
-            await conn.execute(
-                delete(table).where(
-                    table.c.tenant_id == tenant_id, one_of(conn, table.c.conversation_id, live_ids)
-                )
-            )
-        if rows:
+            await _replace_rows(conn, table, tenant_id, live_ids, rows)
+        elif rows:
             await conn.execute(insert(table), rows)
     return len(live)
+
+
+# Not compared when deciding whether a row changed: a projection that changes nothing else leaves it.
+UNCOMPARED_COLUMNS = frozenset({"projected_at"})
+
+
+async def _replace_rows(
+    conn: AsyncConnection,
+    table: Table,
+    tenant_id: str,
+    ids: Sequence[uuid.UUID],
+    rows: Sequence[dict[str, Any]],
+) -> None:
+    """Makes the table's rows of these conversations exactly `rows`, writing only the difference.
+
+    A new message changes one or two of its conversation's rows (the counts of its bucket, the reply
+    window); deleting and inserting all of them every round rewrote every row and index entry, and left
+    as many dead rows behind for VACUUM. A changed row is updated in place (HOT: no index holds a count)."""
+    keys = [column.name for column in table.primary_key.columns]
+    compared = [column.name for column in table.columns if column.name not in UNCOMPARED_COLUMNS]
+    stored = {
+        tuple(row[name] for name in keys): row
+        for row in (
+            await conn.execute(
+                select(table).where(
+                    table.c.tenant_id == tenant_id, one_of(conn, table.c.conversation_id, ids)
+                )
+            )
+        ).mappings()
+    }
+    changed = []
+    for row in rows:
+        before = stored.pop(tuple(row[name] for name in keys), None)
+        if before is None or any(before[name] != row[name] for name in compared):
+            changed.append(row)
+    if stored:  # keys no longer computed: a bucket or actor that moved, an agent no longer involved
+        await conn.execute(
+            delete(table).where(*(table.c[name] == bindparam(f"gone_{name}") for name in keys)),
+            [{f"gone_{name}": value for name, value in zip(keys, key, strict=True)} for key in stored],
+        )
+    if changed:
+        upsert = dialect_insert(conn.dialect.name)(table)
+        await conn.execute(
+            upsert.on_conflict_do_update(
+                index_elements=keys,
+                set_={c.name: upsert.excluded[c.name] for c in table.columns if c.name not in keys},
+            ),
+            changed,
+        )
 
 
 @dataclass
@@ -374,9 +399,7 @@ async def _customer_history(
             a.customer_id, a.business_number_id, a.conversation_id, a.started_at, a.state, a.ended_at
         ).where(a.tenant_id == tenant_id, one_of(conn, a.customer_id, customer_ids)),
     ):
-        for customer_id, number, conversation_id, started_at, state, ended_at in (
-            await conn.execute(query)
-        ).tuples():
+        for customer_id, number, conversation_id, started_at, state, ended_at in await conn.execute(query):
             if state == "closed" and ended_at is not None:
                 closes[(customer_id, number)].append((conversation_id, ended_at))
             key = (started_at, conversation_id)
