@@ -23,6 +23,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Table, bindparam, delete, insert, select, update
@@ -58,6 +59,10 @@ LOCK_WAIT_SECONDS = 10.0
 # nothing waits on it; under steady writes a round then takes the events of many relay batches in one
 # transaction instead of one transaction per batch (measured: docs/benchmarks.md, "Inbound under load").
 ROUND_SECONDS = 0.5
+# Conversations computed (and 40 times as many message rows read) between two turns of the event loop:
+# a step of 500 long conversations takes hundreds of milliseconds of CPU, and the requests of the same
+# process would wait for the loop meanwhile.
+YIELD_EVERY = 25
 
 
 def projector_lock(tenant_id: str) -> str:
@@ -244,7 +249,9 @@ async def project(
         )
     )
     # By position: a round reads every message of the conversations it projects.
-    for conversation_id, *fields in message_rows:
+    for position, (conversation_id, *fields) in enumerate(message_rows, 1):
+        if position % (YIELD_EVERY * 40) == 0:
+            await asyncio.sleep(0)
         by_conversation[conversation_id].append(F.MessageRow._make(fields))
     stints: dict[uuid.UUID, list[F.AgentStint]] = defaultdict(list)
     stint_rows = await conn.execute(
@@ -262,7 +269,9 @@ async def project(
     summaries: list[dict[str, Any]] = []
     sessions: list[dict[str, Any]] = []
     involvement: list[dict[str, Any]] = []
-    for row in live:
+    for position, row in enumerate(live, 1):
+        if position % YIELD_EVERY == 0:
+            await asyncio.sleep(0)  # let requests in: this loop is pure computation
         conversation = F.ConversationRow(
             row.id,
             row.customer_id,
@@ -346,21 +355,17 @@ async def _replace_rows(
     as many dead rows behind for VACUUM. A changed row is updated in place (HOT: no index holds a count)."""
     keys = [column.name for column in table.primary_key.columns]
     compared = [column.name for column in table.columns if column.name not in UNCOMPARED_COLUMNS]
+    # Stored rows are read in the order of `keys + compared`, so that both sides compare as tuples.
+    key_of, values_of = itemgetter(*keys), itemgetter(*compared)
     stored = {
-        tuple(row[name] for name in keys): row
-        for row in (
-            await conn.execute(
-                select(table).where(
-                    table.c.tenant_id == tenant_id, one_of(conn, table.c.conversation_id, ids)
-                )
+        tuple(row[: len(keys)]): tuple(row[len(keys) :])
+        for row in await conn.execute(
+            select(*(table.c[name] for name in (*keys, *compared))).where(
+                table.c.tenant_id == tenant_id, one_of(conn, table.c.conversation_id, ids)
             )
-        ).mappings()
+        )
     }
-    changed = []
-    for row in rows:
-        before = stored.pop(tuple(row[name] for name in keys), None)
-        if before is None or any(before[name] != row[name] for name in compared):
-            changed.append(row)
+    changed = [row for row in rows if stored.pop(key_of(row), None) != values_of(row)]
     if stored:  # keys no longer computed: a bucket or actor that moved, an agent no longer involved
         await conn.execute(
             delete(table).where(*(table.c[name] == bindparam(f"gone_{name}") for name in keys)),
