@@ -80,8 +80,8 @@ class ConversationFacts:
 
     # The bucket of the moment added last, and where it ends: messages come in order, mostly several to
     # a bucket, and comparing two datetimes is ten times cheaper than `bucket_of`.
-    _bucket: dt.datetime | None = field(default=None, repr=False)
-    _bucket_ends: dt.datetime | None = field(default=None, repr=False)
+    _bucket: dt.datetime | None = field(default=None, repr=False, compare=False)
+    _bucket_ends: dt.datetime | None = field(default=None, repr=False, compare=False)
 
     def bucket(self, moment: dt.datetime) -> dt.datetime:
         if (

@@ -350,9 +350,10 @@ async def _replace_rows(
 ) -> None:
     """Makes the table's rows of these conversations exactly `rows`, writing only the difference.
 
-    A new message changes one or two of its conversation's rows (the counts of its bucket, the reply
-    window); deleting and inserting all of them every round rewrote every row and index entry, and left
-    as many dead rows behind for VACUUM. A changed row is updated in place (HOT: no index holds a count)."""
+    A new message changes one to three of its conversation's rows (its bucket's counts, the total on the
+    row of its start, the reply window); deleting and inserting all of them every round rewrote every row
+    and index entry, and left as many dead rows for VACUUM. A changed count is updated in place (HOT: no
+    index holds one)."""
     keys = [column.name for column in table.primary_key.columns]
     compared = [column.name for column in table.columns if column.name not in UNCOMPARED_COLUMNS]
     # Stored rows are read in the order of `keys + compared`, so that both sides compare as tuples.
