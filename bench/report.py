@@ -86,7 +86,15 @@ def notes(summary: dict[str, Any]) -> list[str]:
     if summary["scenario"] == "inbound":
         created = sum(source.get("conversations_created_in_window", 0) for source in sources)
         out.append(f"conversations created in the window: {created}")
-    pg = summary["cpu_percent_of_one_core"].get("pg_stat_database")
+    cpu = summary["cpu_percent_of_one_core"]
+    if cpu and summary["requests_per_s"]:
+        # % of a core / (requests a second) = hundredths of a CPU-second per request
+        per_request = {
+            k: cpu.get(k, 0.0) * 10_000 / summary["requests_per_s"] for k in ("server", "postgres")
+        }
+        server, postgres = per_request["server"], per_request["postgres"]
+        out.append(f"CPU per request: server {server:,.0f} µs, PostgreSQL {postgres:,.0f} µs")
+    pg = cpu.get("pg_stat_database")
     requests = summary["requests"]
     if pg and requests and pg["xact_commit"] + pg["xact_rollback"] >= requests / 100:
         out.append(
