@@ -206,3 +206,27 @@ def test_buckets_are_quarter_hours() -> None:
     assert bucket_of(dt.datetime(2026, 11, 2, 15, 0, tzinfo=five_thirty)) == dt.datetime(
         2026, 11, 2, 9, 30, tzinfo=dt.UTC
     )
+
+
+def test_an_agent_joining_twice_at_one_moment_is_one_session() -> None:
+    # A join given an explicit time, left, and given the same time again: the session's key
+    # (conversation, agent, joined_at) must come out once, or its row cannot be written.
+    left_early, left_late = START + dt.timedelta(minutes=5), START + dt.timedelta(minutes=9)
+    args = {"previous_close": None, "customer_first": True, "now": NOW}
+    closed_twice = compute(
+        conversation(),
+        [],
+        [AgentStint("u-1", START, left_early), AgentStint("u-1", START, left_late)],
+        **args,
+    )
+    assert [(s["agent"], s["joined_at"], s["left_at"]) for s in closed_twice.sessions] == [
+        ("agent:u-1", START, left_late)
+    ]
+    still_there = compute(
+        conversation(), [], [AgentStint("u-1", START, None), AgentStint("u-1", START, left_late)], **args
+    )
+    assert [s["left_at"] for s in still_there.sessions] == [None]
+    apart = compute(
+        conversation(), [], [AgentStint("u-1", START, left_early), AgentStint("u-1", left_late, None)], **args
+    )
+    assert len(apart.sessions) == 2

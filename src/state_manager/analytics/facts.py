@@ -205,17 +205,33 @@ def compute(
     out.sessions = [
         {
             "conversation_id": conversation.id,
-            "agent": actor_of("agent", stint.agent_id),
-            "joined_at": stint.joined_at,
-            "left_at": stint.left_at,
-            "joined_s": stint.joined_at.timestamp(),
-            "left_s": None if stint.left_at is None else stint.left_at.timestamp(),
+            "agent": actor_of("agent", agent_id),
+            "joined_at": joined_at,
+            "left_at": left_at,
+            "joined_s": joined_at.timestamp(),
+            "left_s": None if left_at is None else left_at.timestamp(),
             "business_number_id": conversation.business_number_id,
         }
-        for stint in stints
+        for (agent_id, joined_at), left_at in _sessions(stints).items()
     ]
     out.involvement = _involvement(conversation, ordered, stints)
     return out
+
+
+def _sessions(stints: Sequence[AgentStint]) -> dict[tuple[str, dt.datetime], dt.datetime | None]:
+    """When each stint ended, by agent and join time: the key of a session row. An agent who joined twice
+    at the same moment (a join given an explicit time, left, and given it again) has one session, until
+    the later leave; open if either is."""
+    ended: dict[tuple[str, dt.datetime], dt.datetime | None] = {}
+    for stint in stints:
+        key = (stint.agent_id, stint.joined_at)
+        if key not in ended:
+            ended[key] = stint.left_at
+        elif (earlier := ended[key]) is not None and stint.left_at is not None:
+            ended[key] = max(earlier, stint.left_at)
+        else:
+            ended[key] = None
+    return ended
 
 
 def _involvement(
