@@ -120,8 +120,9 @@ def test_projecting_again_writes_only_what_changed(
                 again = (await conn.execute(select(analytics_conversations.c.projected_at))).scalars().all()
             assert again == projected_at
 
-            # A new message in the first: the count of its bucket, the conversation's total on the row of
-            # its start, and its reply window change; the second conversation's rows are left alone.
+            # A new message in the first, in a quarter hour of its own: a row for that bucket, and updates of
+            # the conversation's total (on the row of its start) and of its reply window; the second
+            # conversation's rows are left alone.
             await message("5511911110001", 0.5)
             assert await project_counting(db, [first, second]) == 3
             current = await projection(db)
@@ -150,6 +151,12 @@ def test_projecting_again_writes_only_what_changed(
                     )
                 )
             assert await project_counting(db, [first, second]) == 3 + 1 + 1
+            assert await projection(db) == current
+            # ... and what the writes left is what projecting from nothing gives.
+            async with db.transaction(TENANT, write=True) as conn:
+                for table in PROJECTION_TABLES:
+                    await conn.execute(delete(table).where(table.c.tenant_id == TENANT))
+                await projector.project(conn, TENANT, [first, second], replace=False)
             assert await projection(db) == current
         finally:
             await db.dispose()

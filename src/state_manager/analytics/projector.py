@@ -356,7 +356,10 @@ async def _replace_rows(
     index holds one)."""
     keys = [column.name for column in table.primary_key.columns]
     compared = [column.name for column in table.columns if column.name not in UNCOMPARED_COLUMNS]
-    # Stored rows are read in the order of `keys + compared`, so that both sides compare as tuples.
+    # Stored rows are read in the order of `keys + compared`, so that both sides compare as tuples (every
+    # projection table's key has two columns or more: itemgetter then gives tuples).
+    assert len(keys) > 1
+    assert len(compared) > 1
     key_of, values_of = itemgetter(*keys), itemgetter(*compared)
     stored = {
         tuple(row[: len(keys)]): tuple(row[len(keys) :])
