@@ -7,8 +7,9 @@ event loop went without a turn (a ticker in the same loop; the requests of a ser
     .venv/bin/python -m bench.projection --reuse sm_bench_analytics_1234
     .venv/bin/python -m bench.projection --reuse sm_bench_analytics_1234 --rounds 20 --conversations 300
 
-Nothing in the projection changes between rounds unless something writes to the database meanwhile, so
-after the first round a step reads and computes but writes nothing. See docs/benchmarks.md, "Analytics".
+A step writes only the rows that differ from what is stored: on a database projected just before, and
+with nothing else writing, it reads and computes but writes little (reply windows that ended since the
+last projection, for instance). See docs/benchmarks.md, "Analytics".
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncio
 import os
 import random
 import time
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -44,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> None:
-    dsn = ADMIN_DSN.rsplit("/", 1)[0] + f"/{args.reuse}"
+    dsn = urlsplit(ADMIN_DSN)._replace(path=f"/{args.reuse}").geturl()
     raw = await asyncpg.connect(dsn)
     try:
         tenant = await raw.fetchval("SELECT tenant_id FROM conversations LIMIT 1")

@@ -87,13 +87,13 @@ def notes(summary: dict[str, Any]) -> list[str]:
         created = sum(source.get("conversations_created_in_window", 0) for source in sources)
         out.append(f"conversations created in the window: {created}")
     cpu = summary["cpu_percent_of_one_core"]
-    if cpu and summary["requests_per_s"]:
-        # % of a core / (requests a second) = hundredths of a CPU-second per request
-        per_request = {
-            k: cpu.get(k, 0.0) * 10_000 / summary["requests_per_s"] for k in ("server", "postgres")
-        }
-        server, postgres = per_request["server"], per_request["postgres"]
-        out.append(f"CPU per request: server {server:,.0f} µs, PostgreSQL {postgres:,.0f} µs")
+    sent_per_s = summary["requests"] / summary["duration_s"] if summary["duration_s"] else 0
+    groups = (("server", "server"), ("postgres", "PostgreSQL"))
+    measured = [(name, cpu[key]) for key, name in groups if cpu.get(key)]
+    if measured and sent_per_s:
+        # percent of one core * 10,000 / (requests a second) = µs of CPU per request, answered or not
+        shown = ", ".join(f"{name} {percent * 10_000 / sent_per_s:,.0f} µs" for name, percent in measured)
+        out.append(f"CPU per request: {shown}")
     pg = cpu.get("pg_stat_database")
     requests = summary["requests"]
     if pg and requests and pg["xact_commit"] + pg["xact_rollback"] >= requests / 100:
