@@ -15,6 +15,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
+from redis.asyncio import Redis
 
 from harness import RedisServer, TcpProxy
 from state_manager.cache import Loaded, LookupCache, open_lookup_cache
@@ -184,6 +185,32 @@ async def test_another_process_drops_what_a_write_changed_within_the_bound(own_r
         await until(lambda: two.local.get(f"{TENANT}:{CACHE}:{key}") is None, AGREEMENT_BOUND_SECONDS)
         assert time.monotonic() - written < AGREEMENT_BOUND_SECONDS
         assert await two.get(CACHE, TENANT, key, source.load) == (b'{"version": 2}', '"2"')
+
+
+async def test_invalidations_go_in_one_round_trip_and_survive_redis_forgetting_its_scripts(
+    own_redis: RedisServer,
+) -> None:
+    source, key = new_source(), str(uuid.uuid4())
+    entry = f"{TENANT}:{CACHE}:{key}"
+    admin = Redis.from_url(own_redis.url)
+    try:
+        async with process(own_redis.url) as one, process(own_redis.url) as two:
+            for flushed in (False, True):
+                for cache in (one, two):
+                    await cache.get(CACHE, TENANT, key, source.load)
+                assert two.local.get(entry) is not None
+                if flushed:
+                    await admin.script_flush()  # as after a restart of Redis
+                errors = redis_errors()
+                await one.publish(source.write())
+                await until(lambda: two.local.get(entry) is None, AGREEMENT_BOUND_SECONDS)
+                # Sent again once the script was loaded: no failure, no new generation of the cache.
+                assert redis_errors() == errors
+                assert not one.shared.dirty
+            # The script is called by its SHA: no SCRIPT EXISTS before each batch.
+            assert "cmdstat_script|exists" not in await admin.info("commandstats")
+    finally:
+        await admin.aclose()
 
 
 async def test_redis_down_reads_the_database_opens_the_circuit_and_recovers(own_redis: RedisServer) -> None:

@@ -25,7 +25,7 @@ from collections import defaultdict
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from state_manager.cache.breaker import CircuitBreaker
 from state_manager.cache.local import LocalTier, Tag
@@ -288,20 +288,13 @@ class RedisTier(SharedTier):
         pending, batch = self._pending, self._batch
         self._pending, self._batch = defaultdict(set), None
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for tenant_id, tags in pending.items():
-                    prefix = tenant_prefix(tenant_id)
-                    message = "\n".join(f"{tenant_id}{_SEPARATOR}{tag}" for tag in tags)
-                    await self._invalidate(
-                        keys=[
-                            f"{prefix}:seq",
-                            *(f"{prefix}:inv:{tag}" for tag in tags),
-                            *(f"{prefix}:tag:{tag}" for tag in tags),
-                        ],
-                        args=[MARKER_SECONDS * 1000, CHANNEL, message, len(tags)],
-                        client=pipe,
-                    )
-                await pipe.execute()
+            try:
+                await self._send_invalidations(pending)
+            except NoScriptError:
+                # Redis lost its scripts (a restart, SCRIPT FLUSH): no call of the batch ran, and each is
+                # idempotent anyway. Load the script and send the batch again.
+                await self._redis.script_load(_INVALIDATE)
+                await self._send_invalidations(pending)
         except _FAILURES as exc:
             # Other processes may keep what these writes changed: start a new generation when Redis is
             # back (their local tiers are cleared by it, or were when their subscription dropped).
@@ -312,6 +305,23 @@ class RedisTier(SharedTier):
         finally:
             if batch is not None:
                 batch.set_result(None)  # the writes go on either way: they have committed
+
+    async def _send_invalidations(self, pending: dict[str, set[str]]) -> None:
+        """One pipeline, one script call per tenant (keys of one tenant share a Redis Cluster slot), called
+        by its SHA: given the Script object, redis-py asks SCRIPT EXISTS first, a round trip per batch."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for tenant_id, tags in pending.items():
+                prefix = tenant_prefix(tenant_id)
+                message = "\n".join(f"{tenant_id}{_SEPARATOR}{tag}" for tag in tags)
+                keys = [
+                    f"{prefix}:seq",
+                    *(f"{prefix}:inv:{tag}" for tag in tags),
+                    *(f"{prefix}:tag:{tag}" for tag in tags),
+                ]
+                pipe.evalsha(
+                    self._invalidate.sha, len(keys), *keys, MARKER_SECONDS * 1000, CHANNEL, message, len(tags)
+                )
+            await pipe.execute()
 
     async def _listen(self) -> None:
         delay = 0.1
