@@ -1,7 +1,8 @@
 """One analytics projection step, as the background projector runs it: `project()` over N random
 conversations of a kept database, in one transaction, round after round. Reports per round the wall time,
-this process's CPU, PostgreSQL's CPU (every `postgres` process of the machine) and the longest time the
-event loop went without a turn (a ticker in the same loop; the requests of a server worker wait that long).
+this process's CPU, PostgreSQL's CPU (every `postgres` process of the machine), the longest time the
+event loop went without a turn (a ticker in the same loop; the requests of a server worker wait that long)
+and the garbage collections meanwhile, with the longest one.
 
     .venv/bin/python -m bench.analytics --messages 100000 --keep        # ten messages a conversation
     .venv/bin/python -m bench.projection --reuse sm_bench_analytics_1234
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import random
 import time
@@ -63,6 +65,17 @@ async def run(args: argparse.Namespace) -> None:
             await projector.project(conn, tenant, picked.sample(ids, size))
 
     longest_wait = 0.0
+    collections = {0: 0, 1: 0, 2: 0}
+    longest_collection = 0.0
+    started = 0.0
+
+    def timed_collection(phase: str, info: dict[str, int]) -> None:
+        nonlocal longest_collection, started
+        if phase == "start":
+            started = time.perf_counter()
+        else:
+            collections[info["generation"]] += 1
+            longest_collection = max(longest_collection, time.perf_counter() - started)
 
     async def ticker() -> None:
         nonlocal longest_wait
@@ -74,12 +87,14 @@ async def run(args: argparse.Namespace) -> None:
     try:
         await step()  # connections, prepared statements, imports
         ticking = asyncio.create_task(ticker())
+        gc.callbacks.append(timed_collection)
         wall, cpu, pg = time.monotonic(), time.process_time(), postgres_cpu_seconds()
         for _ in range(args.rounds):
             await step()
         wall, cpu = time.monotonic() - wall, time.process_time() - cpu
         pg = postgres_cpu_seconds() - pg
         ticking.cancel()
+        gc.callbacks.remove(timed_collection)
     finally:
         await db.dispose()
     per_round = 1000 / args.rounds
@@ -87,7 +102,9 @@ async def run(args: argparse.Namespace) -> None:
         f"{args.reuse}: {len(ids):,} conversations, {messages / len(ids):.1f} messages each on average\n"
         f"{args.rounds} rounds of {size} conversations: per round {wall * per_round:.1f} ms wall, "
         f"{cpu * per_round:.1f} ms CPU here, {pg * per_round:.1f} ms CPU in PostgreSQL; "
-        f"longest wait of the event loop {longest_wait * 1000:.0f} ms"
+        f"longest wait of the event loop {longest_wait * 1000:.0f} ms\n"
+        f"garbage collections by generation {collections[0]}/{collections[1]}/{collections[2]}, "
+        f"the longest {longest_collection * 1000:.1f} ms"
     )
 
 
