@@ -118,6 +118,15 @@ def fresh_postgres_url(postgres_available: None) -> Iterator[str]:
         drop_database(name)
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def fresh_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty, never migrated database for one test, once on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'sm.db'}"
+    url: str = request.getfixturevalue("fresh_postgres_url")
+    return url
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str | None:
     """Redis for the postgres backend; without it that backend runs with the in-process cache."""

@@ -24,9 +24,13 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+from sqlalchemy import insert
 
+from state_manager.db import Database
+from state_manager.db.types import utcnow
 from state_manager.queues.topology import queue_variables
 from state_manager.settings import Settings
+from state_manager.tenants.models import organizations, tenants
 
 T = TypeVar("T")
 
@@ -737,6 +741,23 @@ class PostgresCluster:
     def log_tail(self, lines: int = 30) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+async def add_tenants(db: Database, organization_id: str, *tenant_ids: str) -> None:
+    """An organization and its tenants, written straight to the tables: for tests without a server."""
+    now = utcnow()
+    async with db.transaction(None, write=True) as conn:
+        await conn.execute(
+            insert(organizations).values(id=organization_id, name=organization_id, created_at=now)
+        )
+        await conn.execute(
+            insert(tenants),
+            [
+                {"id": tenant_id, "organization_id": organization_id, "name": tenant_id, "settings": {}}
+                | {"created_at": now, "updated_at": now}
+                for tenant_id in tenant_ids
+            ],
+        )
 
 
 async def _execute_on(dsn: str, *statements: str) -> None:

@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from harness import add_tenants
 from state_manager.analytics import projector
 from state_manager.analytics.models import PROJECTION_TABLES, analytics_conversations, analytics_facts
 from state_manager.cache.lookups import open_lookup_cache
@@ -23,9 +22,7 @@ from state_manager.db.types import utcnow
 from state_manager.messages.inbound import inbound_recorder
 from state_manager.messages.schemas import InboundMessage
 from state_manager.settings import Settings
-from state_manager.tenants.models import organizations, tenants
 
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 TENANT = "pw-writes"
 
 
@@ -60,15 +57,8 @@ async def projection(db: Database) -> dict[str, list[tuple[Any, ...]]]:
     return found
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_projecting_again_writes_only_what_changed(
-    backend: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
-    url = (
-        f"sqlite+aiosqlite:///{tmp_path / 'sm.db'}"
-        if backend == "sqlite"
-        else request.getfixturevalue("fresh_postgres_url")
-    )
+def test_projecting_again_writes_only_what_changed(fresh_database_url: str) -> None:
+    url = fresh_database_url
 
     async def scenario() -> None:
         await upgrade_to_head_async(url)
@@ -77,13 +67,7 @@ def test_projecting_again_writes_only_what_changed(
         recorder = inbound_recorder(db, open_lookup_cache(settings))
         now = utcnow()
         try:
-            async with db.transaction(None, write=True) as conn:
-                await conn.execute(insert(organizations).values(id="pw", name="pw", created_at=now))
-                await conn.execute(
-                    insert(tenants)
-                    .values(id=TENANT, organization_id="pw", name="writes", settings={})
-                    .values(created_at=now, updated_at=now)
-                )
+            await add_tenants(db, "pw", TENANT)
             sent = 0
 
             async def message(wa_id: str, hours_ago: float) -> uuid.UUID:

@@ -7,16 +7,15 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from sqlalchemy import insert, text
+from sqlalchemy import text
 
+from harness import add_tenants
 from state_manager.cache.lookups import open_lookup_cache
 from state_manager.db import open_database
 from state_manager.db.migrate import upgrade_to_head_async
-from state_manager.db.types import utcnow
 from state_manager.messages.inbound import inbound_recorder
 from state_manager.messages.schemas import InboundMessage
 from state_manager.settings import Settings
-from state_manager.tenants.models import organizations, tenants
 
 pytestmark = pytest.mark.postgres
 
@@ -33,15 +32,8 @@ def test_messages_of_an_open_conversation_update_it_in_place(fresh_postgres_url:
         settings = Settings(database_url=fresh_postgres_url)
         db = open_database(settings)
         recorder = inbound_recorder(db, open_lookup_cache(settings))
-        now = utcnow()
         try:
-            async with db.transaction(None, write=True) as conn:
-                await conn.execute(insert(organizations).values(id="hot", name="hot", created_at=now))
-                await conn.execute(
-                    insert(tenants)
-                    .values(id="hot-a", organization_id="hot", name="a", settings={})
-                    .values(created_at=now, updated_at=now)
-                )
+            await add_tenants(db, "hot", "hot-a")
 
             def message(n: int) -> InboundMessage:
                 return InboundMessage(

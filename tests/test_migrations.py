@@ -6,7 +6,6 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -30,14 +29,8 @@ def _differences(url: str) -> list[Any]:
     return asyncio.run(compare())
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_migrated_schema_matches_the_models(
-    backend: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
-    if backend == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'sm.db'}"
-    else:
-        url = request.getfixturevalue("fresh_postgres_url")
+def test_migrated_schema_matches_the_models(fresh_database_url: str, tmp_path: Path) -> None:
+    url = fresh_database_url
     done = run_cli("migrate", env=clean_env(DATABASE_URL=url), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert _differences(url) == []

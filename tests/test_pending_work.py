@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from pathlib import Path
 
 import pytest
 from sqlalchemy import insert, select, text
 
+from harness import add_tenants
 from state_manager.analytics.models import analytics_progress
 from state_manager.conversations.models import conversations
 from state_manager.customers.models import customers
@@ -23,24 +23,13 @@ from state_manager.events.models import event_relay, events
 from state_manager.queues.models import broker_outbox
 from state_manager.settings import Settings
 from state_manager.subscriptions.models import webhook_deliveries, webhook_subscriptions
-from state_manager.tenants.models import organizations, tenants
 
 SETTING = text("SELECT current_setting('app.tenant_id', true)")
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 async def _seed(db: Database) -> None:
     now = utcnow()
-    async with db.transaction(None, write=True) as conn:
-        await conn.execute(insert(organizations).values(id="pw", name="pw", created_at=now))
-        await conn.execute(
-            insert(tenants),
-            [
-                {"id": f"pw-{name}", "organization_id": "pw", "name": name, "settings": {}}
-                | {"created_at": now, "updated_at": now}
-                for name in "abcd"
-            ],
-        )
+    await add_tenants(db, "pw", *(f"pw-{name}" for name in "abcd"))
 
     def outbox(published_at: dt.datetime | None) -> dict[str, object]:
         return {
@@ -189,15 +178,8 @@ def _work(tenant: str, **found: object) -> PendingWork:
     return PendingWork(tenant_id=tenant, **(nothing | found))  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_each_tenants_pending_work_in_one_statement(
-    backend: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
-    url = (
-        f"sqlite+aiosqlite:///{tmp_path / 'sm.db'}"
-        if backend == "sqlite"
-        else request.getfixturevalue("fresh_postgres_url")
-    )
+def test_each_tenants_pending_work_in_one_statement(fresh_database_url: str) -> None:
+    url = fresh_database_url
 
     async def scenario() -> None:
         await upgrade_to_head_async(url)
