@@ -57,8 +57,9 @@ CONVERSATIONS_PER_STEP = 500
 LOCK_WAIT_SECONDS = 10.0
 # The least time between two rounds of the background projector. Reports catch up for themselves, so
 # nothing waits on it; under steady writes a round then takes the events of many relay batches in one
-# transaction instead of one transaction per batch (measured: docs/benchmarks.md, "Inbound under load").
-ROUND_SECONDS = 0.5
+# transaction instead of one transaction per batch, and projects a conversation once for all the messages
+# it got meanwhile (measured: docs/benchmarks.md, "Inbound under load", "One worker on a core of its own").
+ROUND_SECONDS = 2.0
 # Conversations computed (and 40 times as many message rows read) between two turns of the event loop:
 # a step of 500 long conversations takes hundreds of milliseconds of CPU, and the requests of the same
 # process would wait for the loop meanwhile.
