@@ -12,12 +12,17 @@ from __future__ import annotations
 import inspect
 import json
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, get_type_hints
 
 import orjson
-from fastapi import Request, Response
+from fastapi import Request, Response, params
+from fastapi._compat import ModelField
+from fastapi.dependencies.models import Dependant
+from fastapi.dependencies.utils import request_body_to_args
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from state_manager.errors import StateManagerError, ValidationFailed
@@ -125,9 +130,18 @@ class StrictJsonRequest(Request):
         return self._json
 
 
+_Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
 class StrictJsonRoute(APIRoute):
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = self._direct_handler() or super().get_route_handler()
+    # Whether requests skip FastAPI's handler (see `_direct_handler`); set as the route is built.
+    direct: bool = False
+
+    def get_route_handler(self) -> _Handler:
+        fastapi_handler = super().get_route_handler()
+        direct = self._direct_handler(fastapi_handler)
+        self.direct = direct is not None
+        handler = direct or fastapi_handler
 
         async def strict_handler(request: Request) -> Response:
             try:
@@ -141,24 +155,112 @@ class StrictJsonRoute(APIRoute):
 
         return strict_handler
 
-    def _direct_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]] | None:
-        """The endpoint itself, when it takes the request alone and answers with a Response: FastAPI's
-        handler would only solve its parameters (parsing the query string it does not use), make a
-        sub-response for headers and cookies, and pass the Response through, a tenth of the hot lookup's
-        CPU (docs/benchmarks.md). Errors take the same way out, to the app's exception handlers."""
+    def _direct_handler(self, fastapi_handler: _Handler) -> _Handler | None:
+        """A handler that calls the endpoint itself, when everything FastAPI's handler would do for it is
+        simple enough to do here: the endpoint is async and answers with a Response, and its parameters
+        are the request, dependencies that take the request alone, and at most one JSON body model. FastAPI
+        would solve them generically, make a sub-response for headers and cookies, and pass the Response
+        through: a tenth of the hot lookup's CPU, and more of an inbound message's (docs/benchmarks.md).
+
+        A body is read as FastAPI reads it; a body this handler would not parse as JSON at once (another
+        content type, empty, malformed) goes to FastAPI's handler before anything else ran, so that every
+        such error is FastAPI's own. Errors take the same way out, to the app's exception handlers."""
         dependant = self.dependant
-        if dependant.request_param_name is None or dependant.dependencies:
+        if not _answers_with_response(self.endpoint) or _has_other_parameters(dependant):
             return None
-        parameters = list(inspect.signature(self.endpoint).parameters.values())
-        if len(parameters) != 1 or parameters[0].kind not in _BY_POSITION:
-            return None  # called with the request as its one positional argument
-        try:
-            answer = get_type_hints(self.endpoint).get("return")
-        except (NameError, TypeError):  # an annotation Python cannot resolve: FastAPI's handler, as before
+        if any(param.kind is inspect.Parameter.POSITIONAL_ONLY for param in _parameters(self.endpoint)):
+            return None  # called with keywords
+        dependencies: list[tuple[str | None, Callable[[Request], Awaitable[Any]]]] = []
+        for found in dependant.dependencies:
+            if found.call is None or not _takes_the_request_alone(found):
+                return None
+            dependencies.append((found.name, found.call))
+        body_params = dependant.body_params
+        if len(body_params) > 1 or (body_params and not _is_a_json_model(body_params[0])):
             return None
-        if not (inspect.iscoroutinefunction(self.endpoint) and isinstance(answer, type)):
-            return None
-        if not issubclass(answer, Response):
-            return None
-        endpoint: Callable[[Request], Coroutine[Any, Any, Response]] = self.endpoint
-        return endpoint
+        endpoint = self.endpoint
+        request_name = dependant.request_param_name
+
+        async def solve(request: Request, values: dict[str, Any]) -> None:
+            solved: dict[Callable[[Request], Awaitable[Any]], Any] = {}
+            for name, dependency in dependencies:
+                if dependency not in solved:  # FastAPI calls a dependency used twice once per request
+                    solved[dependency] = await dependency(request)
+                if name is not None:
+                    values[name] = solved[dependency]
+            if request_name is not None:
+                values[request_name] = request
+
+        async def without_body(request: Request) -> Response:
+            values: dict[str, Any] = {}
+            await solve(request, values)
+            response: Response = await endpoint(**values)
+            return response
+
+        if not body_params:
+            return without_body
+
+        async def with_body(request: Request) -> Response:
+            content_type = request.headers.get("content-type", "")
+            if content_type.partition(";")[0].strip().lower() != "application/json":
+                return await fastapi_handler(request)  # as FastAPI would read it (or refuse it)
+            try:
+                document = await request.json()
+            except Exception:
+                return await fastapi_handler(request)  # FastAPI's own 400s and 422s; the body is kept
+            values, errors = await request_body_to_args(body_params, document, embed_body_fields=False)
+            await solve(request, values)
+            if errors:  # after the dependencies, as in FastAPI: a caller without a valid key gets 401
+                raise RequestValidationError(errors, body=document)
+            response: Response = await endpoint(**values)
+            return response
+
+        return with_body
+
+
+def _parameters(endpoint: Callable[..., Any]) -> list[inspect.Parameter]:
+    return list(inspect.signature(endpoint).parameters.values())
+
+
+def _answers_with_response(endpoint: Callable[..., Any]) -> bool:
+    if not inspect.iscoroutinefunction(endpoint):
+        return False
+    try:
+        answer = get_type_hints(endpoint).get("return")
+    except (NameError, TypeError):  # an annotation Python cannot resolve: FastAPI's handler, as before
+        return False
+    return isinstance(answer, type) and issubclass(answer, Response)
+
+
+def _has_other_parameters(dependant: Dependant) -> bool:
+    """Parameters FastAPI reads from the request for the endpoint (path, query, headers, cookies), or
+    objects it makes (sub-response, background tasks, security scopes)."""
+    return bool(
+        dependant.path_params
+        or dependant.query_params
+        or dependant.header_params
+        or dependant.cookie_params
+        or dependant.websocket_param_name
+        or dependant.http_connection_param_name
+        or dependant.response_param_name
+        or dependant.background_tasks_param_name
+        or dependant.security_scopes_param_name
+    )
+
+
+def _takes_the_request_alone(dependency: Dependant) -> bool:
+    """An async function (not a generator: nothing to close after the response) of the request only."""
+    if dependency.dependencies or dependency.body_params or _has_other_parameters(dependency):
+        return False
+    if dependency.request_param_name is None or not inspect.iscoroutinefunction(dependency.call):
+        return False
+    parameters = _parameters(dependency.call)
+    return len(parameters) == 1 and parameters[0].kind in _BY_POSITION
+
+
+def _is_a_json_model(field: ModelField) -> bool:
+    """One body parameter of a pydantic model, not embedded: FastAPI validates the whole JSON body as it."""
+    info = field.field_info
+    if not isinstance(info, params.Body) or isinstance(info, params.Form) or getattr(info, "embed", False):
+        return False
+    return isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)

@@ -1,21 +1,26 @@
-"""Which routes skip FastAPI's per-request handler (strict_json.py, `_direct_handler`): only an async
-endpoint that takes the request alone and answers with a Response; anything FastAPI would have to solve,
-validate or serialise keeps FastAPI's handler. The hot lookup is one of them."""
+"""Which routes skip FastAPI's per-request handler (strict_json.py, `_direct_handler`): an async endpoint
+that answers with a Response and takes the request, dependencies of the request alone, and at most one
+JSON body model; anything else FastAPI would have to solve, validate or serialise keeps FastAPI's handler.
+The hot lookup and inbound recording are among them, and answer as FastAPI's handler would."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import fastapi.routing
 import httpx
+import orjson
 import pytest
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Body, Depends, FastAPI, Request, Response
+from pydantic import BaseModel, Field
 from starlette.routing import BaseRoute
 
 from state_manager.app import create_app
+from state_manager.errors import Forbidden
+from state_manager.http_errors import install as install_error_handlers
 from state_manager.settings import Settings
 from state_manager.strict_json import StrictJsonRoute
 
@@ -52,8 +57,49 @@ async def with_a_dependency(request: Request, found: Annotated[str, Depends(tena
     return Response(b"{}", media_type="application/json")
 
 
+calls: list[str] = []
+
+
+async def caller(request: Request) -> str:
+    calls.append(request.url.path)
+    if request.headers.get("authorization") != "Bearer right":
+        raise Forbidden("no")
+    return "caller"
+
+
+class Item(BaseModel):
+    name: str = Field(min_length=2)
+    count: int = 1
+
+
+async def with_a_body(
+    item: Item, who: Annotated[str, Depends(caller)], again: Annotated[str, Depends(caller)]
+) -> Response:
+    return Response(orjson.dumps({"who": who, "again": again, **item.model_dump()}), status_code=201)
+
+
+async def with_an_embedded_body(item: Annotated[Item, Body(embed=True)]) -> Response:
+    return Response(b"{}", media_type="application/json")
+
+
+async def with_two_bodies(item: Item, other: Item) -> Response:
+    return Response(b"{}", media_type="application/json")
+
+
+async def with_a_generator_dependency(found: Annotated[str, Depends(yielding)]) -> Response:
+    return Response(b"{}", media_type="application/json")
+
+
+async def yielding(request: Request) -> AsyncIterator[str]:
+    yield "x"
+
+
+async def positional_only(request: Request, /) -> Response:
+    return Response(b"{}", media_type="application/json")
+
+
 def direct_paths(routes: Iterable[BaseRoute]) -> set[str]:
-    return {route.path for route in routes if isinstance(route, StrictJsonRoute) and route._direct_handler()}
+    return {route.path for route in routes if isinstance(route, StrictJsonRoute) and route.direct}
 
 
 def test_only_an_async_endpoint_of_the_request_alone_answering_a_response_is_called_directly() -> None:
@@ -65,7 +111,12 @@ def test_only_an_async_endpoint_of_the_request_alone_answering_a_response_is_cal
     router.add_api_route("/dependency", with_a_dependency)
     router.add_api_route("/unresolvable", unresolvable, response_model=None)
     router.add_api_route("/keyword", keyword_only)
-    assert direct_paths(router.routes) == {"/alone"}
+    router.add_api_route("/positional", positional_only)
+    router.add_api_route("/body", with_a_body, methods=["POST"])
+    router.add_api_route("/embedded", with_an_embedded_body, methods=["POST"])
+    router.add_api_route("/two-bodies", with_two_bodies, methods=["POST"])
+    router.add_api_route("/generator", with_a_generator_dependency)
+    assert direct_paths(router.routes) == {"/alone", "/keyword", "/body"}
 
     guarded = APIRouter(route_class=StrictJsonRoute, dependencies=[Depends(tenant)])
     guarded.add_api_route("/alone", request_alone)
@@ -80,6 +131,7 @@ def test_a_direct_route_answers_without_fastapis_handler(monkeypatch: pytest.Mon
     router = APIRouter(route_class=StrictJsonRoute)
     router.add_api_route("/alone", request_alone)
     router.add_api_route("/query", with_a_query_parameter)
+    router.add_api_route("/body", with_a_body, methods=["POST"])
     app = FastAPI()
     app.include_router(router)
 
@@ -88,14 +140,67 @@ def test_a_direct_route_answers_without_fastapis_handler(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(fastapi.routing, "solve_dependencies", solving)
 
-    async def get(path: str) -> int:
+    async def send(method: str, path: str, content_type: str = "application/json") -> int:
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            return (await client.get(path)).status_code
+            headers = {"authorization": "Bearer right", "content-type": content_type}
+            answer = await client.request(method, path, content=b'{"name": "ab"}', headers=headers)
+            return answer.status_code
 
-    assert asyncio.run(get("/alone")) == 200
-    assert asyncio.run(get("/query")) == 500  # the check above can fail
+    assert asyncio.run(send("GET", "/alone")) == 200
+    assert asyncio.run(send("GET", "/query")) == 500  # the check above can fail
+    assert asyncio.run(send("POST", "/body")) == 201
+    assert asyncio.run(send("POST", "/body", "application/json; charset=utf-8")) == 201
+    assert asyncio.run(send("POST", "/body", "text/plain")) == 500  # FastAPI's handler reads other types
 
 
-def test_the_open_conversation_lookup_is_called_directly(tmp_path: Path) -> None:
-    assert direct_paths(create_app(Settings(data_dir=tmp_path)).routes) == {"/v1/conversations/open"}
+def test_hot_routes_are_called_directly(tmp_path: Path) -> None:
+    found = direct_paths(create_app(Settings(data_dir=tmp_path)).routes)
+    assert {"/v1/conversations/open", "/v1/messages/inbound"} <= found
+
+
+class AlwaysFastAPIsHandler(StrictJsonRoute):
+    def _direct_handler(self, fastapi_handler: Callable[[Request], Awaitable[Response]]) -> None:
+        return None
+
+
+def body_app(direct: bool) -> FastAPI:
+    router = APIRouter(route_class=StrictJsonRoute if direct else AlwaysFastAPIsHandler)
+    router.add_api_route("/body", with_a_body, methods=["POST"], response_model=None)
+    app = FastAPI()
+    app.include_router(router)
+    install_error_handlers(app)
+    return app
+
+
+BODIES: list[tuple[dict[str, str], bytes]] = [
+    ({"content-type": "application/json"}, b'{"name": "ab", "count": 2}'),
+    ({"content-type": "Application/JSON; charset=utf-8"}, b'{"name": "ab"}'),
+    ({"content-type": "application/json"}, b'{"name": "a"}'),  # too short
+    ({"content-type": "application/json"}, b'{"name": "ab", "count": "x"}'),
+    ({"content-type": "application/json"}, b"[1, 2]"),
+    ({"content-type": "application/json"}, b"null"),
+    ({"content-type": "application/json"}, b""),
+    ({"content-type": "application/json"}, b'{"name": '),  # malformed
+    ({"content-type": "text/plain"}, b'{"name": "ab"}'),
+    ({}, b'{"name": "ab"}'),
+    ({"content-type": "application/merge-patch+json"}, b'{"name": "ab"}'),
+]
+
+
+@pytest.mark.parametrize(("headers", "body"), BODIES)
+@pytest.mark.parametrize("authorization", ["Bearer right", "Bearer wrong"])
+def test_a_direct_route_with_a_body_answers_as_fastapis_handler_would(
+    headers: dict[str, str], body: bytes, authorization: str
+) -> None:
+    async def post(app: FastAPI) -> tuple[int, bytes, list[str]]:
+        calls.clear()
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            sent = {**headers, "authorization": authorization}
+            answer = await client.post("/body", content=body, headers=sent)
+        return answer.status_code, answer.content, list(calls)
+
+    direct, fastapi_handler = asyncio.run(post(body_app(True))), asyncio.run(post(body_app(False)))
+    assert direct == fastapi_handler
+    assert direct[2] in ([], ["/body"])  # the dependency used twice ran once, or not at all (bad JSON)
