@@ -91,3 +91,25 @@ def test_a_pooled_connection_the_server_ended_is_a_503_on_the_inbound_path(postg
             await db.dispose()
 
     asyncio.run(scenario())
+
+
+def test_a_database_that_refuses_connections_is_a_503_on_both_ways_in(postgres_url: str) -> None:
+    """Nothing listens where the database should be: the first connection fails, as a 503."""
+
+    async def scenario() -> None:
+        closed = postgres_url.replace("127.0.0.1:5432", "127.0.0.1:1")
+        assert closed != postgres_url
+        db = open_database(Settings(database_url=closed, db_pool_size=1, db_max_overflow=0))
+        assert isinstance(db, PostgresDatabase)
+        try:
+            with pytest.raises(Unavailable, match="unavailable") as refused:
+                async with db.driver_connection():
+                    pass
+            assert refused.value.headers == {"Retry-After": "2"}
+            with pytest.raises(Unavailable, match="unavailable"):
+                async with db.transaction(None, write=False):
+                    pass
+        finally:
+            await db.dispose()
+
+    asyncio.run(scenario())

@@ -8,7 +8,9 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.util import greenlet_spawn
 
 from state_manager.db.database import RETRY_AFTER_SECONDS, Database
 from state_manager.db.fair_pool import FairAsyncAdaptedQueuePool
@@ -100,21 +102,29 @@ class PostgresDatabase(Database):
     async def driver_connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection as asyncpg's own, outside any transaction, for a hot path that runs one
         statement setting its own tenant (a stored function): no BEGIN, no COMMIT, no SQLAlchemy layer.
+        Taken from the pool itself: SQLAlchemy's Connection around it would cost more than the statement's
+        own round trip (docs/benchmarks.md, "One worker on a core of its own").
 
         Losing the database is a 503 with Retry-After, as in `transaction`.
         """
-        lost = Unavailable(
-            "the database is unavailable; retry later", headers={"Retry-After": RETRY_AFTER_SECONDS}
-        )
         try:
-            conn = await self.engine.connect()
+            proxied = await greenlet_spawn(self.engine.pool.connect)
         except Exception as exc:
-            meaning = self._meaning(exc)  # the same 503s as a transaction's: lost, restarting, pool busy
+            # Wrapped as Engine.connect would wrap it, for the same 503s as a transaction's: lost,
+            # restarting, pool busy.
+            driver_error = self.engine.dialect.loaded_dbapi.Error
+            wrapped = (
+                DBAPIError.instance(None, None, exc, driver_error, dialect=self.engine.dialect)
+                if isinstance(exc, driver_error)
+                else exc
+            )
+            meaning = self._meaning(wrapped)
             if meaning is None:
                 raise
             raise meaning from exc
+        broken = False
         try:
-            driver = (await conn.get_raw_connection()).driver_connection
+            driver = proxied.driver_connection
             assert isinstance(driver, asyncpg.Connection)
             yield driver
         except (
@@ -130,7 +140,11 @@ class PostgresDatabase(Database):
             # fast shutdown, as a 500).
             asyncpg.InternalClientError,
         ) as exc:
-            await conn.invalidate()  # never hand a broken connection to the next request
-            raise lost from exc
+            broken = True
+            await greenlet_spawn(proxied.invalidate)  # closed, never handed to the next request
+            raise Unavailable(
+                "the database is unavailable; retry later", headers={"Retry-After": RETRY_AFTER_SECONDS}
+            ) from exc
         finally:
-            await conn.close()
+            if not broken:
+                await greenlet_spawn(proxied.close)
