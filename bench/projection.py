@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from bench.sysstat import CLK_TCK, _all_stats
+from bench.sysstat import CLK_TCK, all_stats
 from state_manager.analytics import projector
 from state_manager.db import open_database
 from state_manager.settings import Settings
@@ -35,7 +35,7 @@ TICK_SECONDS = 0.001
 
 
 def postgres_cpu_seconds() -> float:
-    return sum(ticks for comm, _, ticks in _all_stats().values() if comm == "postgres") / CLK_TCK
+    return sum(ticks for comm, _, ticks in all_stats().values() if comm == "postgres") / CLK_TCK
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -83,6 +83,9 @@ def notes(summary: dict[str, Any]) -> list[str]:
                 f"warning: {stale} receipts repeated `read` after every message had been read "
                 "(cheap no-ops); raise --receipt-messages"
             )
+    if cores := summary.get("server_cpus"):
+        per_cpu = summary["items_per_s"] / cores
+        out.append(f"server pinned to {cores} CPU(s): {per_cpu:,.1f} items/s per server CPU")
     if summary["scenario"] == "inbound":
         created = sum(source.get("conversations_created_in_window", 0) for source in sources)
         out.append(f"conversations created in the window: {created}")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bench import fixtures, report, server, sysstat
+from bench import fixtures, pinning, report, server, sysstat
 from bench.fixtures import Fixture
 from bench.httpclient import split_url
 from bench.loadgen import run_load
@@ -124,6 +124,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="do not ANALYZE the database after seeding (leave statistics to autovacuum)",
     )
     s.add_argument("--keep-db", action="store_true", help="do not drop the database afterwards")
+    s.add_argument(
+        "--pin-server",
+        metavar="CPUS",
+        help="run the server alone on these CPUs (e.g. 0 or 0-1) and PostgreSQL, Redis and the load "
+        "generator on the others, for the server's own figures; targets are then not judged "
+        "(bench/pinning.py; needs root)",
+    )
     args = p.parse_args(argv)
     args.scenarios = [name.strip() for name in args.scenarios.split(",") if name.strip()]
     unknown = set(args.scenarios) - set(ALL_SCENARIOS)
@@ -142,6 +149,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--receipt-batch must be 1..500")
     if any("=" not in item for item in args.server_env):
         p.error("--server-env takes NAME=VALUE")
+    if args.pin_server is not None:
+        if not args.start_server:
+            p.error("--pin-server needs --start-server (the server's processes must be known)")
+        try:
+            args.pin_server = pinning.parse_cpus(args.pin_server)
+        except ValueError:
+            p.error("--pin-server takes CPU numbers: 0, 0,1 or 0-1")
     if args.concurrency < 1 or args.processes < 1 or args.duration <= 0 or args.warmup < 0:
         p.error("--concurrency and --processes must be >= 1, --duration > 0, --warmup >= 0")
     return args
@@ -226,6 +240,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     started = dt.datetime.now(dt.UTC)
     run_tag = f"bench{started:%Y%m%d%H%M%S}{secrets.token_hex(2)}"
     managed: server.ManagedServer | None = None
+    pinned = pinning.Pinning(args.pin_server) if args.pin_server is not None else None
     database: str | None = None
     server_info: dict[str, Any] = {"managed": False}
     try:
@@ -252,6 +267,14 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
                 flush=True,
             )
             managed.start()
+            if pinned is not None:
+                assert managed.process is not None
+                pinned.apply(managed.process.pid)
+                print(
+                    f"server pinned to CPUs {sorted(pinned.server_cpus)}, "
+                    f"PostgreSQL, Redis and the load to {sorted(pinned.other_cpus)}",
+                    flush=True,
+                )
             url = managed.url
             server_info = {
                 "managed": True,
@@ -261,6 +284,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
                 "cache": "redis" if redis_url else "memory",
                 "extra_env": extra,
                 "log": str(log_path),
+                "pinned": pinned.describe() if pinned is not None else None,
             }
         else:
             url = args.url.rstrip("/")
@@ -315,6 +339,9 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
                 summary["paced_at_per_s"] = round(rate, 1)
             if args.rate is not None:
                 summary["target"] = None  # a paced rate says nothing of what the server can reach
+            if pinned is not None:
+                summary["target"] = None  # targets are judged with the machine shared, unpinned
+                summary["server_cpus"] = len(pinned.server_cpus)
             if cache_before is not None:
                 cache_after = asyncio.run(fixtures.cache_figures(url, admin_key))
                 summary["cache_hit_ratio"] = report.hit_ratios(cache_before, cache_after)
@@ -372,6 +399,8 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     finally:
         if managed is not None:
             managed.stop()
+        if pinned is not None:
+            pinned.restore()
         if database is not None and not args.keep_db:
             asyncio.run(server.drop_database(args.pg_admin_dsn, database))
 

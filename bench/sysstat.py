@@ -50,7 +50,7 @@ def _machine_busy_ticks() -> tuple[int, int]:
     return sum(values[:8]) - idle - steal, steal
 
 
-def _descendants(roots: set[int], parents: dict[int, int]) -> set[int]:
+def descendants(roots: set[int], parents: dict[int, int]) -> set[int]:
     found = set(roots)
     changed = True
     while changed:
@@ -97,7 +97,7 @@ def _postgres_database(cmdline: str) -> str | None:
 def find_target(server_port: int, server_root: int | None) -> Target:
     """The server is whoever holds its listening socket (and their children); its databases are those of
     the PostgreSQL backends at the other end of its TCP connections."""
-    stats = _all_stats()
+    stats = all_stats()
     parents = {pid: s[1] for pid, s in stats.items()}
     if server_root is not None:
         roots = {server_root}
@@ -105,7 +105,7 @@ def find_target(server_port: int, server_root: int | None) -> Target:
         entries = balance.tcp_entries()
         listening = {i for lport, _r, st, i in entries if lport == server_port and st == balance.LISTEN}
         roots = set().union(*balance.socket_owners(listening).values()) if listening else set()
-    server = _descendants(roots, parents) if roots else set()
+    server = descendants(roots, parents) if roots else set()
     if not server:
         return Target(server=set(), databases=None)
     entries = balance.tcp_entries()
@@ -127,7 +127,7 @@ def find_target(server_port: int, server_root: int | None) -> Target:
     return Target(server=server, databases=databases or None)
 
 
-def _all_stats() -> dict[int, tuple[str, int, int]]:
+def all_stats() -> dict[int, tuple[str, int, int]]:
     stats: dict[int, tuple[str, int, int]] = {}
     for entry in PROC.iterdir():
         if entry.name.isdigit():
@@ -145,10 +145,10 @@ def snapshot(target: Target) -> Snapshot | None:
     """
     if not PROC.exists():
         return None
-    stats = _all_stats()
+    stats = all_stats()
     parents = {pid: s[1] for pid, s in stats.items()}
-    loadgen = _descendants({os.getpid()}, parents)
-    server = _descendants(target.server, parents)
+    loadgen = descendants({os.getpid()}, parents)
+    server = descendants(target.server, parents)
     ticks: dict[int, tuple[str, int]] = {}
     for pid, (comm, _ppid, used) in stats.items():
         group = ""
