@@ -13,11 +13,10 @@ import inspect
 import json
 import re
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, get_type_hints
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 import orjson
 from fastapi import Request, Response, params
-from fastapi._compat import ModelField
 from fastapi.dependencies.models import Dependant
 from fastapi.dependencies.utils import request_body_to_args
 from fastapi.exceptions import RequestValidationError
@@ -26,6 +25,9 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from state_manager.errors import StateManagerError, ValidationFailed
+
+if TYPE_CHECKING:
+    from fastapi._compat import ModelField
 
 _ESCAPED_NUL = b"\\u0000"
 # An integer needs more than 64 bits only with 19 digits or more; anything shorter takes the fast path.
@@ -206,8 +208,12 @@ class StrictJsonRoute(APIRoute):
                 return await fastapi_handler(request)  # as FastAPI would read it (or refuse it)
             try:
                 document = await request.json()
-            except Exception:
-                return await fastapi_handler(request)  # FastAPI's own 400s and 422s; the body is kept
+            except json.JSONDecodeError:
+                return await fastapi_handler(request)  # FastAPI's own 422, from the body it keeps
+            except StateManagerError:
+                raise  # ours keep their status: too large, NUL characters
+            except Exception as exc:  # as FastAPI's handler answers it (a client gone mid-body, say)
+                raise HTTPException(status_code=400, detail="There was an error parsing the body") from exc
             values, errors = await request_body_to_args(body_params, document, embed_body_fields=False)
             await solve(request, values)
             if errors:  # after the dependencies, as in FastAPI: a caller without a valid key gets 401

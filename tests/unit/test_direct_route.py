@@ -204,3 +204,37 @@ def test_a_direct_route_with_a_body_answers_as_fastapis_handler_would(
     direct, fastapi_handler = asyncio.run(post(body_app(True))), asyncio.run(post(body_app(False)))
     assert direct == fastapi_handler
     assert direct[2] in ([], ["/body"])  # the dependency used twice ran once, or not at all (bad JSON)
+
+
+def test_a_client_gone_in_the_middle_of_the_body_is_answered_as_fastapis_handler_would() -> None:
+    async def send_half(app: FastAPI) -> list[int]:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "path": "/body",
+            "raw_path": b"/body",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-type", b"application/json"), (b"authorization", b"Bearer right")],
+            "client": ("127.0.0.1", 1),
+            "server": ("test", 80),
+        }
+        messages = [
+            {"type": "http.request", "body": b'{"name": ', "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+        statuses: list[int] = []
+
+        async def receive() -> dict[str, object]:
+            return messages.pop(0)
+
+        async def send(message: dict[str, object]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(int(message["status"]))  # type: ignore[call-overload]
+
+        await app(scope, receive, send)
+        return statuses
+
+    assert asyncio.run(send_half(body_app(True))) == asyncio.run(send_half(body_app(False))) == [400]
