@@ -34,7 +34,6 @@ _ESCAPED_NUL = b"\\u0000"
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")
 _INT64 = range(-(2**63), 2**63)
 MAX_DEPTH = 32  # levels of objects and arrays in a request body
-_BY_POSITION = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 _Path = tuple[str | int, ...]
 
@@ -166,37 +165,47 @@ class StrictJsonRoute(APIRoute):
 
         A body is read as FastAPI reads it; a body this handler would not parse as JSON at once (another
         content type, empty, malformed) goes to FastAPI's handler before anything else ran, so that every
-        such error is FastAPI's own. Errors take the same way out, to the app's exception handlers."""
+        such error is FastAPI's own, and so does every request while dependencies are overridden. Errors
+        take the same way out, to the app's exception handlers."""
         dependant = self.dependant
         if not _answers_with_response(self.endpoint) or _has_other_parameters(dependant):
             return None
         if any(param.kind is inspect.Parameter.POSITIONAL_ONLY for param in _parameters(self.endpoint)):
             return None  # called with keywords
-        dependencies: list[tuple[str | None, Callable[[Request], Awaitable[Any]]]] = []
+        # (name, function, cache key): FastAPI calls a dependency used twice once per request, unless
+        # it is declared with use_cache=False.
+        dependencies: list[tuple[str | None, Callable[[Request], Awaitable[Any]], object]] = []
         for found in dependant.dependencies:
             if found.call is None or not _takes_the_request_alone(found):
                 return None
-            dependencies.append((found.name, found.call))
+            dependencies.append((found.name, found.call, found.cache_key if found.use_cache else object()))
         body_params = dependant.body_params
         if len(body_params) > 1 or (body_params and not _is_a_json_model(body_params[0])):
             return None
         endpoint = self.endpoint
         request_name = dependant.request_param_name
+        overrides_provider = self.dependency_overrides_provider
 
-        async def solve(request: Request, values: dict[str, Any]) -> None:
-            solved: dict[Callable[[Request], Awaitable[Any]], Any] = {}
-            for name, dependency in dependencies:
-                if dependency not in solved:  # FastAPI calls a dependency used twice once per request
-                    solved[dependency] = await dependency(request)
+        def overridden() -> bool:
+            """Dependencies replaced (app.dependency_overrides, in tests): FastAPI's handler applies that."""
+            return bool(getattr(overrides_provider, "dependency_overrides", None))
+
+        async def solve(request: Request) -> dict[str, Any]:
+            values: dict[str, Any] = {}
+            solved: dict[object, Any] = {}
+            for name, dependency, key in dependencies:
+                if key not in solved:
+                    solved[key] = await dependency(request)
                 if name is not None:
-                    values[name] = solved[dependency]
+                    values[name] = solved[key]
             if request_name is not None:
                 values[request_name] = request
+            return values
 
         async def without_body(request: Request) -> Response:
-            values: dict[str, Any] = {}
-            await solve(request, values)
-            response: Response = await endpoint(**values)
+            if overridden():
+                return await fastapi_handler(request)
+            response: Response = await endpoint(**await solve(request))
             return response
 
         if not body_params:
@@ -204,21 +213,23 @@ class StrictJsonRoute(APIRoute):
 
         async def with_body(request: Request) -> Response:
             content_type = request.headers.get("content-type", "")
-            if content_type.partition(";")[0].strip().lower() != "application/json":
+            if overridden() or content_type.partition(";")[0].strip().lower() != "application/json":
                 return await fastapi_handler(request)  # as FastAPI would read it (or refuse it)
             try:
                 document = await request.json()
             except json.JSONDecodeError:
                 return await fastapi_handler(request)  # FastAPI's own 422, from the body it keeps
-            except StateManagerError:
-                raise  # ours keep their status: too large, NUL characters
+            except (StateManagerError, HTTPException):
+                raise  # they keep their status: too large, NUL characters
             except Exception as exc:  # as FastAPI's handler answers it (a client gone mid-body, say)
                 raise HTTPException(status_code=400, detail="There was an error parsing the body") from exc
-            values, errors = await request_body_to_args(body_params, document, embed_body_fields=False)
-            await solve(request, values)
-            if errors:  # after the dependencies, as in FastAPI: a caller without a valid key gets 401
+            # As in FastAPI: the dependencies first (a caller without a valid key gets 401, not 422), then
+            # the body.
+            values = await solve(request)
+            validated, errors = await request_body_to_args(body_params, document, embed_body_fields=False)
+            if errors:
                 raise RequestValidationError(errors, body=document)
-            response: Response = await endpoint(**values)
+            response: Response = await endpoint(**values, **validated)
             return response
 
         return with_body
@@ -260,8 +271,8 @@ def _takes_the_request_alone(dependency: Dependant) -> bool:
         return False
     if dependency.request_param_name is None or not inspect.iscoroutinefunction(dependency.call):
         return False
-    parameters = _parameters(dependency.call)
-    return len(parameters) == 1 and parameters[0].kind in _BY_POSITION
+    parameters = _parameters(dependency.call)  # FastAPI passes the request by keyword
+    return len(parameters) == 1 and parameters[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
 
 
 def _is_a_json_model(field: ModelField) -> bool:

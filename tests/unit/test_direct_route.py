@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 from fastapi import APIRouter, Body, Depends, FastAPI, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from starlette.routing import BaseRoute
 
 from state_manager.app import create_app
@@ -71,11 +71,32 @@ class Item(BaseModel):
     name: str = Field(min_length=2)
     count: int = 1
 
+    @field_validator("name")
+    @classmethod
+    def not_zero(cls, name: str) -> str:
+        if name == "zero":
+            raise ZeroDivisionError  # not a validation error: a 500, but only after the key was checked
+        return name
+
 
 async def with_a_body(
-    item: Item, who: Annotated[str, Depends(caller)], again: Annotated[str, Depends(caller)]
+    item: Item,
+    who: Annotated[str, Depends(caller)],
+    again: Annotated[str, Depends(caller)],
+    uncached: Annotated[str, Depends(caller, use_cache=False)],
 ) -> Response:
-    return Response(orjson.dumps({"who": who, "again": again, **item.model_dump()}), status_code=201)
+    answer = {"who": who, "again": again, "uncached": uncached, **item.model_dump()}
+    return Response(orjson.dumps(answer), status_code=201, headers={"x-answered": "yes"})
+
+
+async def positional_only_dependency(request: Request, /) -> str:
+    return "x"
+
+
+async def with_a_positional_only_dependency(
+    found: Annotated[str, Depends(positional_only_dependency)],
+) -> Response:
+    return Response(b"{}", media_type="application/json")
 
 
 async def with_an_embedded_body(item: Annotated[Item, Body(embed=True)]) -> Response:
@@ -116,6 +137,7 @@ def test_only_an_async_endpoint_of_the_request_alone_answering_a_response_is_cal
     router.add_api_route("/embedded", with_an_embedded_body, methods=["POST"])
     router.add_api_route("/two-bodies", with_two_bodies, methods=["POST"])
     router.add_api_route("/generator", with_a_generator_dependency)
+    router.add_api_route("/positional-dependency", with_a_positional_only_dependency)
     assert direct_paths(router.routes) == {"/alone", "/keyword", "/body"}
 
     guarded = APIRouter(route_class=StrictJsonRoute, dependencies=[Depends(tenant)])
@@ -155,8 +177,14 @@ def test_a_direct_route_answers_without_fastapis_handler(monkeypatch: pytest.Mon
 
 
 def test_hot_routes_are_called_directly(tmp_path: Path) -> None:
-    found = direct_paths(create_app(Settings(data_dir=tmp_path)).routes)
-    assert {"/v1/conversations/open", "/v1/messages/inbound"} <= found
+    assert direct_paths(create_app(Settings(data_dir=tmp_path)).routes) == {
+        "/v1/conversations/open",
+        "/v1/messages/inbound",
+        "/health",
+        "/health/ready",
+        "/metrics",
+        "/state/health",
+    }
 
 
 class AlwaysFastAPIsHandler(StrictJsonRoute):
@@ -177,6 +205,8 @@ BODIES: list[tuple[dict[str, str], bytes]] = [
     ({"content-type": "application/json"}, b'{"name": "ab", "count": 2}'),
     ({"content-type": "Application/JSON; charset=utf-8"}, b'{"name": "ab"}'),
     ({"content-type": "application/json"}, b'{"name": "a"}'),  # too short
+    ({"content-type": "application/json"}, b'{"name": "zero"}'),  # a validator that fails badly
+    ({"content-type": "application/json"}, b'{"name": "a\\u0000b"}'),  # refused by strict JSON
     ({"content-type": "application/json"}, b'{"name": "ab", "count": "x"}'),
     ({"content-type": "application/json"}, b"[1, 2]"),
     ({"content-type": "application/json"}, b"null"),
@@ -199,11 +229,12 @@ def test_a_direct_route_with_a_body_answers_as_fastapis_handler_would(
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             sent = {**headers, "authorization": authorization}
             answer = await client.post("/body", content=body, headers=sent)
-        return answer.status_code, answer.content, list(calls)
+        return answer.status_code, answer.content, sorted(answer.headers.items()), list(calls)
 
     direct, fastapi_handler = asyncio.run(post(body_app(True))), asyncio.run(post(body_app(False)))
     assert direct == fastapi_handler
-    assert direct[2] in ([], ["/body"])  # the dependency used twice ran once, or not at all (bad JSON)
+    if direct[0] == 201:  # the dependency used twice ran once, and its uncached use once more
+        assert direct[3] == ["/body", "/body"]
 
 
 def test_a_client_gone_in_the_middle_of_the_body_is_answered_as_fastapis_handler_would() -> None:
@@ -238,3 +269,19 @@ def test_a_client_gone_in_the_middle_of_the_body_is_answered_as_fastapis_handler
         return statuses
 
     assert asyncio.run(send_half(body_app(True))) == asyncio.run(send_half(body_app(False))) == [400]
+
+
+def test_dependency_overrides_apply_to_a_direct_route() -> None:
+    async def fake(request: Request) -> str:
+        return "fake"
+
+    async def post(app: FastAPI) -> bytes:
+        app.dependency_overrides[caller] = fake
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            answer = await client.post("/body", json={"name": "ab"})
+        return answer.content
+
+    direct, fastapi_handler = asyncio.run(post(body_app(True))), asyncio.run(post(body_app(False)))
+    assert direct == fastapi_handler
+    assert orjson.loads(direct)["who"] == "fake"
