@@ -7,6 +7,8 @@ import asyncio
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from state_manager.db import open_database
 from state_manager.db.postgres import PostgresDatabase
@@ -97,8 +99,7 @@ def test_a_database_that_refuses_connections_is_a_503_on_both_ways_in(postgres_u
     """Nothing listens where the database should be: the first connection fails, as a 503."""
 
     async def scenario() -> None:
-        closed = postgres_url.replace("127.0.0.1:5432", "127.0.0.1:1")
-        assert closed != postgres_url
+        closed = make_url(postgres_url).set(port=1).render_as_string(hide_password=False)
         db = open_database(Settings(database_url=closed, db_pool_size=1, db_max_overflow=0))
         assert isinstance(db, PostgresDatabase)
         try:
@@ -113,3 +114,27 @@ def test_a_database_that_refuses_connections_is_a_503_on_both_ways_in(postgres_u
             await db.dispose()
 
     asyncio.run(scenario())
+
+
+def test_a_refused_login_is_the_same_error_on_both_ways_in(postgres_url: str) -> None:
+    """A database that does not exist is no outage: not a 503, and the same SQLAlchemy error whichever way
+    the connection was asked for (the inbound path takes it from the pool itself)."""
+
+    async def scenario() -> tuple[BaseException, BaseException]:
+        missing = make_url(postgres_url).set(database="sm_no_such_database").render_as_string(False)
+        db = open_database(Settings(database_url=missing, db_pool_size=1, db_max_overflow=0))
+        assert isinstance(db, PostgresDatabase)
+        try:
+            with pytest.raises(DBAPIError) as by_pool:
+                async with db.driver_connection():
+                    pass
+            with pytest.raises(DBAPIError) as by_transaction:
+                async with db.transaction(None, write=False):
+                    pass
+        finally:
+            await db.dispose()
+        return by_pool.value, by_transaction.value
+
+    by_pool, by_transaction = asyncio.run(scenario())
+    assert type(by_pool) is type(by_transaction)
+    assert type(by_pool.orig) is type(by_transaction.orig)  # type: ignore[attr-defined]

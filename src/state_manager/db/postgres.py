@@ -119,9 +119,11 @@ class PostgresDatabase(Database):
                 else exc
             )
             meaning = self._meaning(wrapped)
-            if meaning is None:
+            if meaning is not None:
+                raise meaning from exc
+            if wrapped is exc:
                 raise
-            raise meaning from exc
+            raise wrapped from exc
         broken = False
         try:
             driver = proxied.driver_connection
