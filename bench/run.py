@@ -14,6 +14,7 @@ import datetime as dt
 import ipaddress
 import os
 import secrets
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -229,6 +230,8 @@ async def prepare(
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A kill ends the run through its `finally` (server stopped, CPUs given back, database dropped).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         return run(parse_args(argv), argv)
     except fixtures.SetupError as exc:
@@ -397,10 +400,10 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         print(f"\nresults: {out}")
         return 1 if any(s["errors"] for s in summaries) else 0
     finally:
+        if pinned is not None:
+            pinned.restore()  # first: it never raises, and the services must not stay pinned
         if managed is not None:
             managed.stop()
-        if pinned is not None:
-            pinned.restore()
         if database is not None and not args.keep_db:
             asyncio.run(server.drop_database(args.pg_admin_dsn, database))
 
