@@ -21,10 +21,10 @@ import gc
 import os
 import random
 import time
-from urllib.parse import urlsplit
 
 import asyncpg
 
+from bench.server import database_dsn, sqlalchemy_url
 from bench.sysstat import CLK_TCK, all_stats
 from state_manager.analytics import projector
 from state_manager.db import open_database
@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> None:
-    dsn = urlsplit(ADMIN_DSN)._replace(path=f"/{args.reuse}").geturl()
+    dsn = database_dsn(ADMIN_DSN, args.reuse)
     raw = await asyncpg.connect(dsn)
     try:
         tenant = await raw.fetchval("SELECT tenant_id FROM conversations LIMIT 1")
@@ -56,7 +56,7 @@ async def run(args: argparse.Namespace) -> None:
         messages = await raw.fetchval("SELECT count(*) FROM messages WHERE tenant_id = $1", tenant)
     finally:
         await raw.close()
-    db = open_database(Settings(database_url="postgresql+asyncpg://" + dsn.split("://", 1)[1]))
+    db = open_database(Settings(database_url=sqlalchemy_url(dsn)))
     picked = random.Random(args.seed)
     size = min(args.conversations, len(ids))
 

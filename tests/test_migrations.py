@@ -30,7 +30,6 @@ def _differences(url: str) -> list[Any]:
 
 
 def test_migrated_schema_matches_the_models(fresh_database_url: str, tmp_path: Path) -> None:
-    url = fresh_database_url
-    done = run_cli("migrate", env=clean_env(DATABASE_URL=url), cwd=tmp_path)
+    done = run_cli("migrate", env=clean_env(DATABASE_URL=fresh_database_url), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert _differences(url) == []
+    assert _differences(fresh_database_url) == []

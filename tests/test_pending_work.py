@@ -179,11 +179,10 @@ def _work(tenant: str, **found: object) -> PendingWork:
 
 
 def test_each_tenants_pending_work_in_one_statement(fresh_database_url: str) -> None:
-    url = fresh_database_url
 
     async def scenario() -> None:
-        await upgrade_to_head_async(url)
-        db = open_database(Settings(database_url=url))
+        await upgrade_to_head_async(fresh_database_url)
+        db = open_database(Settings(database_url=fresh_database_url))
         try:
             await _seed(db)
             now = utcnow()
